@@ -1,0 +1,1 @@
+"""CUDA C sources of minisdit's RawKernels (installed as package data ``minisdit.kernels``)."""
