@@ -234,12 +234,19 @@ class MatMul(Function):
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g
-        if a.ndim == 1:
-            g2 = _xp(g).expand_dims(g2, -2)
+        # put back the axes that NumPy removed for 1-D operands; b's first, so that the 0-d
+        # gradient of vector @ vector becomes (1,) and then (1, 1)
         if b.ndim == 1:
             g2 = _xp(g).expand_dims(g2, -1)
+        if a.ndim == 1:
+            g2 = _xp(g).expand_dims(g2, -2)
         grad_a = g2 @ _xp(g).swapaxes(b2, -1, -2)
-        grad_b = _xp(g).swapaxes(a2, -1, -2) @ g2
+        if b.ndim == 2:
+            # a matrix shared by every batch entry (a Linear weight): the batch sum of a_i^T g_i is one
+            # product of the stacked rows, which BLAS does far faster than a batched product plus a sum
+            grad_b = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+        else:
+            grad_b = _xp(g).swapaxes(a2, -1, -2) @ g2
         grad_a = unbroadcast(grad_a, a2.shape).reshape(a.shape)
         grad_b = unbroadcast(grad_b, b2.shape).reshape(b.shape)
         return grad_a, grad_b
@@ -341,6 +348,11 @@ class Transpose(Function):
         return g.transpose(tuple(np.argsort(self.order)))
 
 
+def _is_basic_index(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(part, (int, np.integer, slice)) or part is None or part is Ellipsis for part in parts)
+
+
 class GetItem(Function):
     """y = x[index] (basic slicing and integer arrays);  dL/dx = g scattered back (added on repeats)."""
 
@@ -353,7 +365,11 @@ class GetItem(Function):
     def backward(self, g):
         xp = _xp(g)
         grad = xp.zeros(self.input_shape, dtype=g.dtype)
-        if xp is np:
+        if _is_basic_index(self.index):
+            # basic indexing (ints, slices, None, ...) picks every entry at most once: plain
+            # assignment is exact, and much faster than a scatter-add
+            grad[self.index] = g
+        elif xp is np:
             np.add.at(grad, self.index, g)
         else:
             import cupyx
@@ -508,9 +524,11 @@ class Conv2d(Function):
         n, out_channels = g.shape[:2]
         g = g.reshape(n, out_channels, -1)
         grad_weight = (g @ _xp(g).swapaxes(self.columns, 1, 2)).sum(axis=0).reshape(self.weight_shape)
-        grad_columns = self.weight_matrix.T @ g
-        _, _, kernel_h, kernel_w = self.weight_shape
-        grad_x = _col2im(grad_columns, self.input_shape, kernel_h, kernel_w, self.stride, self.padding, self.out_h, self.out_w)
+        grad_x = None
+        if self.needs_input_grad[0]:  # skipped for a constant input such as the images (saves the col2im)
+            grad_columns = self.weight_matrix.T @ g
+            _, _, kernel_h, kernel_w = self.weight_shape
+            grad_x = _col2im(grad_columns, self.input_shape, kernel_h, kernel_w, self.stride, self.padding, self.out_h, self.out_w)
         if self.has_bias:
             return grad_x, grad_weight, g.sum(axis=(0, 2))
         return grad_x, grad_weight

@@ -33,15 +33,19 @@ def is_grad_enabled() -> bool:
 class no_grad(contextlib.ContextDecorator):
     """Context manager (and decorator) under which no graph is recorded."""
 
+    def __init__(self):
+        # a stack, because one decorator instance is re-entered when the function recurses
+        self._previous = []
+
     def __enter__(self):
         global _grad_enabled
-        self._previous = _grad_enabled
+        self._previous.append(_grad_enabled)
         _grad_enabled = False
         return self
 
     def __exit__(self, *exc):
         global _grad_enabled
-        _grad_enabled = self._previous
+        _grad_enabled = self._previous.pop()
         return False
 
 
@@ -108,8 +112,12 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
         if isinstance(data, Tensor):
             data = data.data
+        if isinstance(data, np.generic):
+            # full reductions give NumPy scalars; keep a 0-d array so that in-place updates work
+            data = np.asarray(data)
         if device is not None:
-            data = backend.to_device(data, device) if hasattr(data, "shape") else backend.get_array_module(device).asarray(data)
+            data = backend.to_device(data, device) if hasattr(data, "shape") else \
+                backend.get_array_module(device).asarray(data, dtype=dtype or DEFAULT_DTYPE)
         xp = backend.array_module_of(data)
         if not hasattr(data, "dtype"):
             data = xp.asarray(data, dtype=dtype or DEFAULT_DTYPE)
