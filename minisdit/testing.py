@@ -105,3 +105,32 @@ def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-7, rtol: float 
     if raise_on_failure and worst[0] > 1.0:
         raise GradcheckError(f"gradient check failed: {report}")
     return report
+
+
+def gradcheck_module(module, inputs, forward=None, **options) -> GradcheckReport:
+    """``gradcheck`` over (*inputs, *parameters of module).
+
+    While it runs, the module's parameters are swapped for gradcheck's float64 leaves, so the
+    module's own forward is differentiated with respect to every parameter.  ``forward(*inputs)``
+    defaults to ``module(*inputs)``; pass it to supply non-differentiable arguments (t, y).
+    """
+    forward = forward or module
+    inputs = list(inputs)
+    owners = []
+    for name, _ in module.named_parameters():
+        *path, attribute = name.split(".")
+        owner = module
+        for step in path:
+            owner = getattr(owner, step)
+        owners.append((owner, attribute, getattr(owner, attribute)))
+
+    def run(*values):
+        try:
+            for (owner, attribute, _), value in zip(owners, values[len(inputs):]):
+                object.__setattr__(owner, attribute, value)
+            return forward(*values[:len(inputs)])
+        finally:
+            for owner, attribute, original in owners:
+                object.__setattr__(owner, attribute, original)
+
+    return gradcheck(run, inputs + [original for _, _, original in owners], **options)

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from minisdit import Tensor
 from minisdit.rwkv import ChannelMix, TimeMix, wkv_quadratic_numpy
+from minisdit import testing
 from minisdit.testing import gradcheck
 
 TIME_MIX_NAMES = ["time_decay", "time_first", "time_mix_k", "time_mix_v", "time_mix_r",
@@ -162,27 +163,7 @@ def test_token_shift_is_causal():
 # gradients, input and every parameter
 # ---------------------------------------------------------------------------------------------
 def gradcheck_module(module, x, **options):
-    """gradcheck over (x, *parameters): the parameters are swapped for gradcheck's float64 leaves
-    while it runs, so the module's own forward is differentiated with respect to all of them."""
-    names = [name for name, _ in module.named_parameters()]
-    owners = []
-    for name in names:
-        *path, attribute = name.split(".")
-        owner = module
-        for step in path:
-            owner = getattr(owner, step)
-        owners.append((owner, attribute, getattr(owner, attribute)))
-
-    def run(x, *parameters):
-        try:
-            for (owner, attribute, _), value in zip(owners, parameters):
-                object.__setattr__(owner, attribute, value)
-            return module(x)
-        finally:
-            for owner, attribute, original in owners:
-                object.__setattr__(owner, attribute, original)
-
-    return gradcheck(run, [x] + [original for _, _, original in owners], **options)
+    return testing.gradcheck_module(module, [x], **options)
 
 
 @settings(max_examples=12, deadline=None)

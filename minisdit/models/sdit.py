@@ -100,13 +100,13 @@ class LabelEmbedder(nn.Module):
     def __init__(self, num_classes, hidden_size, dropout_prob, rng):
         super().__init__()
         self.num_classes, self.dropout_prob = num_classes, dropout_prob
-        self.embedding_table = nn.Parameter((rng.standard_normal((num_classes + 1, hidden_size)) * 0.02).astype(np.float32))
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size, std=0.02, rng=rng)
 
     def forward(self, y, drop_rng: np.random.Generator | None):
         y = np.asarray(y if not hasattr(y, "get") else y.get()).astype(np.int64)
         if self.training and self.dropout_prob > 0 and drop_rng is not None:
             y = np.where(drop_rng.random(y.shape[0]) < self.dropout_prob, self.num_classes, y)
-        return F.embedding(y, self.embedding_table)
+        return self.embedding_table(y)
 
 
 class ReconstructionModule(nn.Module):
