@@ -2,6 +2,8 @@
 # The test command of the README: unit and property tests, then every tutorial notebook.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the model's matrices are small: one BLAS thread is faster than two fighting for two cores
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 python -m pytest -q "$@"
 if compgen -G "tutorials/*.ipynb" > /dev/null; then
     MINISDIT_TUTORIAL_QUICK=1 python -m pytest -q --nbmake --nbmake-timeout=600 tutorials/

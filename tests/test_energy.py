@@ -1,0 +1,45 @@
+"""Energy estimate: AC/MAC accounting on a hand-computed example, and the input checks."""
+import pytest
+
+from minisdit.metrics import ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ, conv2d_macs, estimate_energy, linear_macs
+
+
+def test_energy_hand_example():
+    # two spiking layers over T = 4 steps, plus 500 MACs fed by real values (e.g. the embedding)
+    report = estimate_energy([("block.0.lif", 0.1, 1000), ("block.1.lif", 0.25, 200)], real_fed_macs=500, time_steps=4)
+    # ACs = 4·0.1·1000 + 4·0.25·200 = 400 + 200
+    assert [layer.acs for layer in report.layers] == [pytest.approx(400.0), pytest.approx(200.0)]
+    assert report.total_acs == pytest.approx(600.0)
+    # E_SNN = 0.9·600 + 4.6·500 = 540 + 2300 pJ;  E_ANN = 4.6·(1000 + 200 + 500) = 7820 pJ
+    assert report.snn_energy_pj == pytest.approx(2840.0)
+    assert report.ann_macs == pytest.approx(1700.0)
+    assert report.ann_energy_pj == pytest.approx(7820.0)
+    assert report.energy_ratio == pytest.approx(2840.0 / 7820.0)
+    assert "ratio 0.363" in str(report)
+
+
+def test_energy_constants_are_the_45nm_figures():
+    assert (ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ) == (0.9, 4.6)
+
+
+def test_silent_and_always_firing_layers():
+    silent = estimate_energy([("a", 0.0, 1e6)], time_steps=4)
+    assert silent.snn_energy_pj == 0.0 and silent.ann_energy_pj == pytest.approx(4.6e6)
+    always = estimate_energy([("a", 1.0, 1e6)], time_steps=1)
+    assert always.energy_ratio == pytest.approx(0.9 / 4.6)  # one AC instead of one MAC per operation
+
+
+def test_mac_counts():
+    assert linear_macs(tokens=10, in_features=4, out_features=3) == 120
+    assert conv2d_macs(2, 2, in_channels=3, out_channels=5, kernel_h=3, kernel_w=3) == 2 * 2 * 5 * 3 * 9
+
+
+def test_energy_rejects_bad_input():
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        estimate_energy([("a", 1.5, 10)])
+    with pytest.raises(ValueError, match="non-negative"):
+        estimate_energy([("a", 0.5, -1)])
+    with pytest.raises(ValueError, match="\\(name, firing_rate, macs_of_next_layer\\)"):
+        estimate_energy([("a", 0.5)])
+    with pytest.raises(ValueError, match="time_steps"):
+        estimate_energy([], time_steps=0)
