@@ -1,6 +1,7 @@
 """Images in and out: model range [-1, 1] <-> uint8, and sample grids as PNG."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,5 +37,12 @@ def save_grid(images: np.ndarray, path, columns: int = 8, scale: int = 2) -> Pat
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    # write beside it and rename, so an interrupted save never leaves a truncated picture at ``path``
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix tells PIL the format
+    try:
+        picture.save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path

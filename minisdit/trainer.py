@@ -1,15 +1,27 @@
 """The training loop behind ``python -m minisdit.train``: steps, logs, samples and checkpoints.
 
 Randomness is derived from (seed, purpose, counter) rather than carried in generator objects:
-the batch order of epoch e comes from default_rng([seed, 0, e]); t, eps and label dropout of
-step s from default_rng([seed, 1, s]) and default_rng([seed, 2, s]).  A resumed run therefore
-needs only the step number to draw exactly what the uninterrupted run would have drawn.
+the batch order of epoch e comes from default_rng([seed, 0, e]); t and eps of step s from
+default_rng([seed, 1, s]); label dropout of step s from default_rng([seed, 2, s]).  Nothing else
+in a step is random (EMA and AdamW are deterministic; the sample grids use their own model copy
+and seed), so a resumed run needs only the weights, the optimizer and EMA state and the step
+number to draw exactly what the uninterrupted run would have drawn: on the CPU the two end with
+bitwise equal weights.
+
+Stopping: SIGINT (Ctrl-C) and SIGTERM stop the run at once while it computes (forward, backward,
+sample grids change no state), but are held back while it changes state (the optimizer update,
+the EMA update, the step counter, the log line and a checkpoint), so a stop never catches a
+half-updated model.  The loop then saves a checkpoint at the current step and returns
+128 + the signal number (130 for Ctrl-C).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,10 +34,85 @@ from .images import save_grid, to_uint8
 from .tensor import Tensor
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+LOG_NAME = "log.jsonl"
+RNG_SCHEME = "numpy default_rng([seed, purpose, counter])"
+RNG_PURPOSES = {"batch_order": "[seed, 0, epoch]", "t_and_noise": "[seed, 1, step]",
+                "label_dropout": "[seed, 2, step]"}
+# the first checkpoints named the same derivation this way
+SAME_RNG_SCHEMES = (RNG_SCHEME, "derived from (seed, purpose, counter)")
+OPTIMIZER_SCALARS = ("lr", "beta1", "beta2", "eps", "weight_decay", "num_params")
+
+
+def _scalars_as_0d(optimizer_state: dict) -> dict:
+    """Checkpoints of the first version stored the optimizer's scalars with shape (1,); make them 0-d."""
+    def is_scalar(key):
+        return key in OPTIMIZER_SCALARS or (key.startswith("state.") and key.endswith(".step"))
+    return {key: value.reshape(()) if is_scalar(key) and value.shape == (1,) else value
+            for key, value in optimizer_state.items()}
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""
+
+
+class StopSignals:
+    """SIGINT / SIGTERM handling for the training loop (see the module docstring).
+
+    Outside ``deferred()`` a signal raises KeyboardInterrupt at once; inside, it is remembered and
+    raised when the block ends.  After ``finishing()`` signals are only remembered (the final save
+    must not be cut short).  Handlers are installed only in the main thread (Python allows no
+    other) and put back by ``restore()``.
+    """
+
+    def __init__(self):
+        self.signal_number = None
+        self._depth = 0
+        self._finishing = False
+        self._previous = {}
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def restore(self):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def _handle(self, number, frame):
+        self.signal_number = number
+        if self._depth == 0 and not self._finishing:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self.signal_number is not None and self._depth == 0 and not self._finishing:
+            raise KeyboardInterrupt
+
+    def finishing(self):
+        self._finishing = True
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as shells report it; 130 (SIGINT) for a plain KeyboardInterrupt."""
+        return 128 + int(self.signal_number or signal.SIGINT)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal_number).name if self.signal_number else "KeyboardInterrupt"
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class Trainer:
@@ -38,39 +125,70 @@ class Trainer:
         self.device = config["device"]
         config.setdefault("in_channels", int(images.shape[1]))
         config.setdefault("input_size", int(images.shape[-1]))
+        config.setdefault("num_classes", 10)
         self.xp = backend.get_array_module(self.device)
-        self.model = sdit_from_preset(config["preset"], in_channels=images.shape[1],
-                                      input_size=images.shape[-1], seed=config["seed"]).to(device=self.device)
+        self.model = sdit_from_preset(config["preset"], in_channels=config["in_channels"],
+                                      num_classes=config["num_classes"], input_size=config["input_size"],
+                                      seed=config["seed"]).to(device=self.device)
         self.diffusion = GaussianDiffusion()
         self.optimizer = AdamW(self.model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
         self.ema = EMA(self.model, decay=config["ema"]) if config["ema"] else None
+        self._sampling_model = None  # a second model for EMA samples, so sampling never touches training state
         self.step = 0
         self.batches_per_epoch = len(images) // config["batch_size"]
         if self.batches_per_epoch == 0:
-            raise TrainingError(f"batch size {config['batch_size']} is larger than the {len(images)} training images; lower --batch-size")
+            raise TrainingError(f"batch size {config['batch_size']} is larger than the {len(images)} training images; "
+                                "lower --batch-size")
         self.total_steps = config["steps"] or config["epochs"] * self.batches_per_epoch
-        self.last_good_checkpoint = None
+        self.last_good_checkpoint = None  # (path, step) of the newest checkpoint known to be sound
+        self.stops = StopSignals()
 
     # ----- state -----
     def checkpoint_path(self) -> Path:
         return self.out / CHECKPOINT_NAME
 
+    def rng_states(self) -> dict:
+        return {"scheme": RNG_SCHEME, "purposes": RNG_PURPOSES, "seed": self.config["seed"], "next_step": self.step}
+
+    def _check_finite_weights(self):
+        for name, parameter in self.model.named_parameters():
+            if not bool(self.xp.isfinite(parameter.data).all()):
+                raise TrainingError(f"weights became non-finite ({name}) after step {self.step}; training stopped and "
+                                    f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
+
     def save(self) -> Path:
+        """Write the checkpoint at the current step (after checking that the weights are finite)."""
+        self._check_finite_weights()
         path = save_checkpoint(
             self.checkpoint_path(), model_state=self.model.state_dict(), optimizer_state=self.optimizer.state_dict(),
             ema_state=self.ema.state_dict() if self.ema is not None else None, step=self.step, config=self.config,
-            rng_states={"scheme": "derived from (seed, purpose, counter)", "seed": self.config["seed"]})
+            rng_states=self.rng_states())
         self.last_good_checkpoint = (path, self.step)
         return path
 
     def restore(self, checkpoint: dict):
-        self.model.load_state_dict(checkpoint["model"])
-        if checkpoint["optimizer"] is not None:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.ema is not None and checkpoint["ema"] is not None:
-            self.ema.load_state_dict(checkpoint["ema"])
+        """Continue from a checkpoint read by ``load_checkpoint`` (already checked to fit the model)."""
+        from .checkpoint import CheckpointError
+
+        path = checkpoint.get("path", self.checkpoint_path())
+        scheme = checkpoint["rng_states"].get("scheme")
+        if scheme not in SAME_RNG_SCHEMES:
+            raise CheckpointError(f"checkpoint {path} drew its random numbers another way ({scheme!r}), so it cannot "
+                                  "be resumed exactly; start a new run")
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            if checkpoint["optimizer"] is not None:
+                lr = self.optimizer.lr  # the run's config decides the learning rate (it may be changed on resume)
+                self.optimizer.load_state_dict(_scalars_as_0d(checkpoint["optimizer"]))
+                self.optimizer.lr = lr
+                self.optimizer.weight_decay = self.config["weight_decay"]
+            if self.ema is not None:  # EMA switched on at this resume starts from the resumed weights
+                self.ema.load_state_dict(checkpoint["ema"] if checkpoint["ema"] is not None else checkpoint["model"])
+        except (KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(f"checkpoint {path} does not fit this model and optimizer "
+                                  f"({' '.join(str(error).split())}); resume with the run's own checkpoint") from error
         self.step = checkpoint["step"]
-        self.last_good_checkpoint = (self.checkpoint_path(), self.step)
+        self.last_good_checkpoint = (path, self.step)
 
     # ----- one step -----
     def batch_indices(self, step: int) -> np.ndarray:
@@ -85,9 +203,14 @@ class Trainer:
             return self.config["lr"] * (step + 1) / warmup
         return self.config["lr"]
 
-    def train_step(self) -> dict:
-        from .optim import clip_grad_norm
+    def _last_good_sentence(self) -> str:
+        if self.last_good_checkpoint is None:
+            return "no checkpoint was written yet"
+        path, step = self.last_good_checkpoint
+        return f"the last good checkpoint is {path} (step {step})"
 
+    def forward_backward(self) -> dict:
+        """Loss and gradients of step ``self.step + 1`` (changes nothing but the gradients)."""
         indices = self.batch_indices(self.step)
         x0 = self.xp.asarray(to_model_range(self.images[indices]))
         y = self.labels[indices]
@@ -96,59 +219,105 @@ class Trainer:
         noise = self.xp.asarray(step_rng.standard_normal(x0.shape, dtype=np.float32))
         self.model.label_dropout_rng = np.random.default_rng([self.config["seed"], 2, self.step])
         self.model.train()
-        losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=noise, y=y)
-        loss = losses["loss"]
-        loss_value = float(loss.item())
-        if not math.isfinite(loss_value):
-            where = (f"the last good checkpoint is {self.last_good_checkpoint[0]} (step {self.last_good_checkpoint[1]})"
-                     if self.last_good_checkpoint else "no checkpoint was written yet")
-            raise TrainingError(f"loss became {loss_value} at step {self.step}; training stopped and {where}; "
-                                "lower --lr or set --grad-clip, then --resume")
-        self.optimizer.zero_grad()
-        loss.backward()
-        grad_norm = clip_grad_norm(self.model.parameters(), self.config["grad_clip"]) if self.config.get("grad_clip") else None
-        self.optimizer.lr = self.learning_rate(self.step)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update()
-        self.step += 1
-        record = {"step": self.step, "loss": loss_value, "lr": self.optimizer.lr}
+        # overflow warnings would bury the one-line message below; non-finite values are checked instead
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=noise, y=y)
+            loss = losses["loss"]
+            loss_value = float(loss.item())
+            if not math.isfinite(loss_value):
+                raise TrainingError(f"loss became {loss_value} at step {self.step + 1}; training stopped and "
+                                    f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
+            self.optimizer.zero_grad()
+            loss.backward()
+        record = {"step": self.step + 1, "loss": loss_value}
         for name in ("mse", "vb"):
             if name in losses:
                 record[name] = float(np.mean(backend.to_numpy(getattr(losses[name], "data", losses[name]))))
-        if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
         return record
 
+    def update(self, record: dict) -> dict:
+        """Apply the gradients: clip, AdamW, EMA, step counter.  Call inside ``stops.deferred()``."""
+        from .optim import clip_grad_norm
+
+        if self.config.get("grad_clip"):
+            record["grad_norm"] = float(clip_grad_norm(self.model.parameters(), self.config["grad_clip"]))
+        self.optimizer.lr = self.learning_rate(self.step)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
+        self.step += 1
+        record["lr"] = self.optimizer.lr
+        return record
+
+    def train_step(self) -> dict:
+        """One whole optimizer step; returns its log record."""
+        record = self.forward_backward()
+        with self.stops.deferred():
+            return self.update(record)
+
     # ----- outputs -----
+    def sampling_model(self):
+        """The trained model, or with EMA a separate copy holding the averaged weights."""
+        if self.ema is None:
+            return self.model
+        from .models import sdit_from_preset
+
+        if self._sampling_model is None:
+            self._sampling_model = sdit_from_preset(
+                self.config["preset"], in_channels=self.config["in_channels"], num_classes=self.config["num_classes"],
+                input_size=self.config["input_size"], seed=self.config["seed"]).to(device=self.device)
+        self.ema.copy_to(self._sampling_model)
+        return self._sampling_model
+
     def sample_grid(self, name: str) -> Path:
+        """A PNG grid of ``sample_num`` images, one class per column, same seed every time."""
         from .sample import generate
 
-        labels = np.arange(64) % self.model.num_classes
-        training_weights = None
-        if self.ema is not None:  # sample with the averaged weights, then put the trained ones back
-            training_weights = self.model.state_dict()
-            self.ema.copy_to(self.model)
-        images = generate(self.diffusion, self.model, labels, sampler="ddpm", steps=self.config["sample_steps"],
-                          seed=self.config["seed"], cfg_scale=self.config["cfg_scale"])
-        if training_weights is not None:
-            self.model.load_state_dict(training_weights)
-        return save_grid(to_uint8(images), self.out / name)
+        model = self.sampling_model()
+        count = self.config.get("sample_num", 64)
+        labels = np.arange(count) % model.num_classes
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            images = generate(self.diffusion, model, labels, sampler="ddpm", steps=self.config["sample_steps"],
+                              seed=self.config["seed"], cfg_scale=self.config["cfg_scale"])
+        return save_grid(to_uint8(images), self.out / name, columns=min(count, model.num_classes))
+
+    def read_log(self) -> list[dict]:
+        path = self.out / LOG_NAME
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash
+        return records
+
+    def rewind_log(self):
+        """Keep only the log lines up to the current step (a crash may have logged steps the
+        checkpoint does not hold; the resumed run logs them again)."""
+        path = self.out / LOG_NAME
+        if not path.exists():
+            return
+        kept = [r for r in self.read_log() if r.get("step", 0) <= self.step]
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(temporary, path)
 
     def plot_losses(self):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        records = [json.loads(line) for line in (self.out / "log.jsonl").read_text().splitlines() if line.strip()]
-        records = [r for r in records if "loss" in r]
+        records = [r for r in self.read_log() if "loss" in r]
         if not records:
             return
         steps = np.array([r["step"] for r in records])
         losses = np.array([r["loss"] for r in records])
         figure, axis = plt.subplots(figsize=(6, 3.5))
-        axis.plot(steps, losses, alpha=0.35, label="loss")
         window = max(1, len(losses) // 20)
+        axis.plot(steps, losses, alpha=0.35 if window > 1 else 1.0, label="loss")
         if window > 1:
             smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
             axis.plot(steps[window - 1:], smooth, label=f"mean of {window}")
@@ -158,50 +327,82 @@ class Trainer:
         axis.legend()
         axis.set_title(f"{self.config['dataset']}, preset {self.config['preset']}")
         figure.tight_layout()
-        figure.savefig(self.out / "loss.png", dpi=100)
-        plt.close(figure)
+        temporary = self.out / f".loss.{os.getpid()}.tmp.png"  # renamed into place: never a truncated picture
+        try:
+            figure.savefig(temporary, dpi=100)
+            os.replace(temporary, self.out / "loss.png")
+        finally:
+            temporary.unlink(missing_ok=True)
+            plt.close(figure)
 
     # ----- the loop -----
     def train(self) -> int:
+        """Train to ``total_steps``; 0 when done, 128 + signal number when stopped by a signal."""
         from tqdm import tqdm
 
         config = self.config
-        log = open(self.out / "log.jsonl", "a")
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True)
         print(f"training {config['preset']} ({self.model.num_parameters():,} parameters) on {config['dataset']} "
-              f"({len(self.images)} images) for {self.total_steps} steps of {config['batch_size']}; run folder {self.out}",
-              flush=True)
-        interrupted = False
-        previous_handler = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+              f"({len(self.images)} images) for {self.total_steps} steps of {config['batch_size']}; "
+              f"run folder {self.out}", flush=True)
+        if self.step:
+            self.rewind_log()
+        if self.step >= self.total_steps:
+            print(f"the checkpoint is already at step {self.step} of {self.total_steps}; "
+                  "pass a larger --steps or --epochs to train further", flush=True)
+        log = open(self.out / LOG_NAME, "a" if self.step else "w")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
+                   unit="step")
         started, started_step = time.perf_counter(), self.step
+        interrupted = False
+        self.stops.install()
         try:
-            while self.step < self.total_steps:
-                record = self.train_step()
-                elapsed = time.perf_counter() - started
-                images_per_second = (self.step - started_step) * config["batch_size"] / max(elapsed, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.0f}")
-                if self.step % config["log_every"] == 0 or self.step == self.total_steps:
-                    record.update(images_per_second=images_per_second, elapsed_s=elapsed)
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                if self.step % config["ckpt_every"] == 0:
-                    self.save()
-                if self.step % config["sample_every"] == 0:
-                    self.sample_grid(f"samples_step{self.step:07d}.png")
-                    self.plot_losses()
-        except KeyboardInterrupt:
-            interrupted = True
+            try:
+                while self.step < self.total_steps:
+                    record = self.forward_backward()
+                    with self.stops.deferred():  # the update, its log line and checkpoint happen whole
+                        self.update(record)
+                        elapsed = time.perf_counter() - started
+                        done = self.step - started_step
+                        images_per_second = done * config["batch_size"] / max(elapsed, 1e-9)
+                        eta = (self.total_steps - self.step) * elapsed / max(done, 1)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
+                        if self.step % config["log_every"] == 0 or self.step == self.total_steps:
+                            record.update(images_per_second=images_per_second, elapsed_s=elapsed)
+                            log.write(json.dumps(record) + "\n")
+                            log.flush()
+                            if not self.progress:
+                                print(f"step {self.step}/{self.total_steps} loss {record['loss']:.4f} "
+                                      f"{images_per_second:.1f} img/s eta {_format_seconds(eta)}", flush=True)
+                        if self.step % config["ckpt_every"] == 0:
+                            self.save()
+                    if self.step % config["sample_every"] == 0:
+                        paused = time.perf_counter()
+                        self.sample_grid(f"samples_step{self.step:07d}.png")
+                        self.plot_losses()
+                        started += time.perf_counter() - paused  # images/s and ETA count training only
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                bar.close()
+                log.close()
+            self.stops.finishing()  # from here on a signal must not cut the final save short
+            if self.last_good_checkpoint != (self.checkpoint_path(), self.step):
+                self.save()
+            path = self.checkpoint_path()
+            self.plot_losses()
+            if interrupted:
+                print(f"interrupted ({self.stops.name}): saved step {self.step} to {path}; continue with: "
+                      f"python -m minisdit.train --resume --out {self.out}", flush=True)
+                return self.stops.exit_code
         finally:
-            bar.close()
-            log.close()
-            signal.signal(signal.SIGTERM, previous_handler)
-        path = self.save()
-        self.plot_losses()
-        if interrupted:
-            print(f"interrupted: saved step {self.step} to {path}; continue with --resume --out {self.out}", flush=True)
+            self.stops.restore()
+        try:
+            grid = self.sample_grid("samples_final.png")
+        except KeyboardInterrupt:
+            print(f"interrupted while drawing the final samples; the checkpoint at step {self.step} is saved "
+                  f"in {path}", flush=True)
             return 130
-        grid = self.sample_grid("samples_final.png")
-        print(f"done: {self.step} steps; checkpoint {path}; samples {grid}; loss curve {self.out / 'loss.png'}", flush=True)
+        print(f"done: {self.step} steps; checkpoint {path}; samples {grid}; loss curve {self.out / 'loss.png'}",
+              flush=True)
         return 0

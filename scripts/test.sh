@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # the model's matrices are small: one BLAS thread is faster than two fighting for two cores
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python -m pytest -q "$@"
 if compgen -G "tutorials/*.ipynb" > /dev/null; then
     MINISDIT_TUTORIAL_QUICK=1 python -m pytest -q --nbmake --nbmake-timeout=600 tutorials/
