@@ -161,11 +161,14 @@ def kernel_defines(dtype) -> dict:
 def _launch(kernel, batch, channels, arrays, block):
     if batch * channels == 0:
         return  # nothing to do, and CUDA rejects a grid of zero blocks
-    grid, block = cuda.launch_configuration(batch * channels, block)
+    if block is None and isinstance(kernel, cuda.CpuKernel):
+        grid, block = cuda.CPU_LAUNCH  # one CPU "thread" runs the whole grid-stride loop
+    else:
+        grid, block = cuda.launch_configuration(batch * channels, block or THREADS_PER_BLOCK)
     kernel(grid, block, arrays)
 
 
-def wkv_forward_kernel(kernels, w, u, k, v, block: int = THREADS_PER_BLOCK):
+def wkv_forward_kernel(kernels, w, u, k, v, block: int | None = None):
     """Run ``wkv_forward`` from ``kernels`` (CuPy functions, or ``cuda.cpu_kernels``); same result as
     ``wkv_forward_numpy``.  All arrays must be C-contiguous and of one dtype."""
     xp = backend.array_module_of(k)
@@ -176,7 +179,7 @@ def wkv_forward_kernel(kernels, w, u, k, v, block: int = THREADS_PER_BLOCK):
     return y, log_denominator
 
 
-def wkv_backward_kernel(kernels, w, u, k, v, y, log_denominator, grad_y, block: int = THREADS_PER_BLOCK):
+def wkv_backward_kernel(kernels, w, u, k, v, y, log_denominator, grad_y, block: int | None = None):
     """Run ``wkv_backward``; same results as ``wkv_backward_numpy`` (dL/dw, dL/du per (b, c))."""
     xp = backend.array_module_of(k)
     batch, length, channels = k.shape
@@ -219,6 +222,9 @@ class WKV(Function):
         k, v = xp.ascontiguousarray(k), xp.ascontiguousarray(v)
         if backend.is_gpu_array(k):
             self.kernels = _GpuKernels(dtype)
+            y, log_denominator = wkv_forward_kernel(self.kernels, w, u, k, v)
+        elif cuda.cpu_kernels_enabled():
+            self.kernels = cuda.cpu_kernels(KERNEL_FILE, kernel_defines(dtype))
             y, log_denominator = wkv_forward_kernel(self.kernels, w, u, k, v)
         else:
             self.kernels = None

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (default 1: off)")
     parser.add_argument("--data-dir", default=None, help="where data sets are cached (default: $MINISDIT_DATA or ~/.cache/minisdit)")
     parser.add_argument("--num-train", type=int, default=None, help="use only the first N training images (quick experiments)")
+    parser.add_argument("--no-cpu-kernels", action="store_true",
+                        help="on the CPU, run LIF and WKV with the NumPy references instead of kernels/*.cu compiled as C++")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal); print a line per logged step instead")
     return parser
 
@@ -185,6 +187,12 @@ def run(args) -> int:
     check_arguments(args)
     device, reason = choose_device(args.device)
     print(reason, flush=True)
+    if device == "cpu" and not args.no_cpu_kernels:
+        from . import cuda
+
+        if cuda.cpu_compiler() is not None:
+            cuda.use_cpu_kernels(True)
+            print("LIF and WKV run as kernels/*.cu compiled for the CPU (--no-cpu-kernels: NumPy references)", flush=True)
 
     checkpoint = None
     if args.resume is not None:

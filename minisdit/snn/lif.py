@@ -236,16 +236,19 @@ class LIFKernels:
 
     ``on_gpu=True`` launches them with CuPy on CuPy arrays; ``on_gpu=False`` runs the same source
     compiled for the CPU (``cuda.cpu_kernels``) on NumPy arrays, so that tests exercise this very
-    launch code.  ``max_blocks`` caps the grid (the kernels loop over neurons with a grid stride).
+    launch code.  ``max_blocks`` caps the grid (the kernels loop over neurons with a grid stride);
+    ``sequential`` (CPU only) launches one block of one thread, the fast way to run them on a CPU.
     """
 
-    def __init__(self, options: LIFOptions, dtype, *, on_gpu: bool = True, max_blocks: int | None = None):
+    def __init__(self, options: LIFOptions, dtype, *, on_gpu: bool = True, max_blocks: int | None = None,
+                 sequential: bool = False):
         if not options.spiking:
             raise ValueError("kernels/lif.cu implements spiking neurons only; spiking=False runs the array reference")
         self.options, self.dtype = options, np.dtype(dtype)
         if self.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"kernels/lif.cu supports float32 and float64, got {self.dtype}")
         self.max_blocks = max_blocks
+        self.sequential = sequential and not on_gpu
         defines = options.kernel_defines(self.dtype)
         if on_gpu:
             self._kernel = lambda name: cuda.gpu_function(KERNEL_FILE, name, defines)
@@ -257,6 +260,8 @@ class LIFKernels:
         if neurons == 0:
             return
         grid, block = cuda.launch_configuration(neurons, THREADS_PER_BLOCK)
+        if self.sequential:
+            grid, block = cuda.CPU_LAUNCH  # one CPU "thread" runs the whole grid-stride loop
         if self.max_blocks is not None:
             grid = (min(grid[0], self.max_blocks),)
         o, scalar = self.options, self.dtype.type
@@ -300,7 +305,12 @@ class LIFKernels:
 
 
 def _uses_kernels(array, o: LIFOptions) -> bool:
-    return backend.is_gpu_array(array) and o.spiking
+    return o.spiking and (backend.is_gpu_array(array) or cuda.cpu_kernels_enabled())
+
+
+def _kernels_for(array, o: LIFOptions) -> LIFKernels:
+    on_gpu = backend.is_gpu_array(array)
+    return LIFKernels(o, array.dtype, on_gpu=on_gpu, sequential=not on_gpu)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +324,7 @@ class LIFFunction(Function):
     def forward(self, x):
         o = self.options
         if _uses_kernels(x, o):
-            self.kernels = LIFKernels(o, x.dtype)
+            self.kernels = _kernels_for(x, o)
             spikes, self.h = self.kernels.forward(x.reshape(x.shape[0], -1))
             return spikes.reshape(x.shape)
         spikes, self.h = lif_forward_reference(x, o)
@@ -336,7 +346,7 @@ class SpikeRateFunction(Function):
     def forward(self, x):
         self.x = x
         if _uses_kernels(x, self.options):
-            self.kernels = LIFKernels(self.options, x.dtype)
+            self.kernels = _kernels_for(x, self.options)
             return self.kernels.spike_rate_forward(x.reshape(-1), self.T).reshape(x.shape)
         return spike_rate_forward_reference(x, self.T, self.options)
 
