@@ -306,16 +306,16 @@ class Trainer:
         os.replace(temporary, path)
 
     def plot_losses(self):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a bare Figure (no pyplot) leaves the caller's plotting backend alone, e.g. inline plots in a notebook
+        from matplotlib.figure import Figure
 
         records = [r for r in self.read_log() if "loss" in r]
         if not records:
             return
         steps = np.array([r["step"] for r in records])
         losses = np.array([r["loss"] for r in records])
-        figure, axis = plt.subplots(figsize=(6, 3.5))
+        figure = Figure(figsize=(6, 3.5))
+        axis = figure.subplots()
         window = max(1, len(losses) // 20)
         axis.plot(steps, losses, alpha=0.35 if window > 1 else 1.0, label="loss")
         if window > 1:
@@ -333,7 +333,6 @@ class Trainer:
             os.replace(temporary, self.out / "loss.png")
         finally:
             temporary.unlink(missing_ok=True)
-            plt.close(figure)
 
     # ----- the loop -----
     def train(self) -> int:
