@@ -57,13 +57,18 @@ def get_array_module(device: str = "cpu"):
     return _import_cupy()
 
 
-def gpu_available() -> bool:
-    """True when CuPy imports and sees a CUDA device (used for the default device only)."""
+def gpu_unavailable_reason() -> str | None:
+    """None when CuPy imports and sees a CUDA device, else the one-line reason why not."""
     try:
         _import_cupy()
-    except DeviceUnavailableError:
-        return False
-    return True
+    except DeviceUnavailableError as error:
+        return str(error)
+    return None
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees a CUDA device (used for the default device only)."""
+    return gpu_unavailable_reason() is None
 
 
 def is_gpu_array(array) -> bool:

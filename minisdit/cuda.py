@@ -79,6 +79,18 @@ def gpu_function(file_name: str, kernel_name: str, defines: dict | None = None):
     return _gpu_module(file_name, _freeze(defines)).get_function(kernel_name)
 
 
+# The C type behind ``scalar_t`` for each array dtype the kernels accept.
+SCALAR_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def scalar_type(dtype) -> str:
+    """"float" or "double": the ``scalar_t`` define that makes a kernel work on arrays of ``dtype``."""
+    name = SCALAR_TYPES.get(np.dtype(dtype))
+    if name is None:
+        raise TypeError(f"the CUDA kernels take float32 or float64 arrays, got {np.dtype(dtype)}; cast them with .astype(np.float32)")
+    return name
+
+
 # On the CPU every kernel runs sequentially; a grid of one block of one thread makes the kernel's
 # grid-stride loop visit every element in one call instead of one call per thread.
 CPU_LAUNCH = ((1,), (1,))
@@ -87,6 +99,26 @@ CPU_LAUNCH = ((1,), (1,))
 def launch_configuration(threads: int, block: int = 256) -> tuple[tuple[int], tuple[int]]:
     """(grid, block) covering ``threads`` threads, one per independent recurrence."""
     return ((threads + block - 1) // block,), (block,)
+
+
+def launch(kernel, threads: int, args, block: int | None = None, max_blocks: int | None = None,
+           gpu_block: int = 256) -> None:
+    """Run ``kernel`` (CuPy's, or a ``CpuKernel``) over ``threads`` independent recurrences.
+
+    ``block=None`` picks the fast launch: one CPU thread for a ``CpuKernel`` (``CPU_LAUNCH``), and
+    ``gpu_block`` threads per block on a GPU.  An explicit ``block`` launches enough blocks of that
+    size on either device, so that a CPU run exercises the kernel's multi-block indexing;
+    ``max_blocks`` caps the grid, so that its grid-stride loop must wrap.
+    """
+    if threads == 0:
+        return  # nothing to do, and CUDA rejects a grid of zero blocks
+    if block is None and isinstance(kernel, CpuKernel):
+        grid, block_shape = CPU_LAUNCH
+    else:
+        grid, block_shape = launch_configuration(threads, gpu_block if block is None else block)
+    if max_blocks is not None:
+        grid = (min(grid[0], max_blocks),)
+    kernel(grid, block_shape, args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,12 +236,11 @@ class CpuKernel:
         if len(args) != len(self.parameters):
             raise TypeError(f"kernel takes {len(self.parameters)} arguments, got {len(args)}")
         converted = [ctypes.c_uint(int(grid[0])), ctypes.c_uint(int(block[0]))]
-        self._keep_alive = []
+        # the arrays stay alive during the call because ``args`` holds them
         for (ctype_name, name), value in zip(self.parameters, args):
             if "*" in ctype_name:
                 if not (isinstance(value, np.ndarray) and value.flags.c_contiguous):
                     raise TypeError(f"argument {name} must be a C-contiguous numpy array")
-                self._keep_alive.append(value)
                 converted.append(ctypes.c_void_p(value.ctypes.data))
             else:
                 base = ctype_name.replace("const", "").strip()
@@ -258,14 +289,20 @@ def _cpu_library(file_name: str, frozen_defines: tuple):
     cache = _cache_directory()
     library_path = cache / f"{Path(file_name).stem}-{key}.so"
     if not library_path.exists():
-        launcher_path = cache / f"{Path(file_name).stem}-{key}.cpp"
-        launcher_path.write_text(launcher)
+        # Several processes (test workers) may compile the same variant at once: each writes and
+        # compiles its own pid-named files and renames them into place, so nobody reads a half-written
+        # file.  The launcher keeps its .cpp suffix, which is how the compiler knows it is C++.
+        stem = f"{Path(file_name).stem}-{key}"
+        launcher_path = cache / f"{stem}.cpp"
+        launcher_temporary = cache / f"{stem}.{os.getpid()}.cpp"
+        launcher_temporary.write_text(launcher)
         temporary = library_path.with_suffix(f".{os.getpid()}.tmp")
         command = [compiler, "-O2", "-std=c++14", "-shared", "-fPIC", "-I", str(directory), *flags,
-                   "-o", str(temporary), str(launcher_path)]
+                   "-o", str(temporary), str(launcher_temporary)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise KernelCompileError(f"{file_name} failed to compile as C++ for the CPU:\n{result.stderr}")
+        os.replace(launcher_temporary, launcher_path)  # kept next to the .so for reading
         os.replace(temporary, library_path)
     library = ctypes.CDLL(str(library_path))
     scalar_type = dict(frozen_defines).get("scalar_t", "float")

@@ -151,31 +151,20 @@ def wkv_quadratic_numpy(time_decay, time_first, k, v):
 # ---------------------------------------------------------------------------------------------
 # CUDA kernels (kernels/wkv.cu): the same recurrences, one thread per (batch, channel)
 # ---------------------------------------------------------------------------------------------
-SCALAR_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-
-
 def kernel_defines(dtype) -> dict:
-    return {"scalar_t": SCALAR_TYPES[np.dtype(dtype)]}
-
-
-def _launch(kernel, batch, channels, arrays, block):
-    if batch * channels == 0:
-        return  # nothing to do, and CUDA rejects a grid of zero blocks
-    if block is None and isinstance(kernel, cuda.CpuKernel):
-        grid, block = cuda.CPU_LAUNCH  # one CPU "thread" runs the whole grid-stride loop
-    else:
-        grid, block = cuda.launch_configuration(batch * channels, block or THREADS_PER_BLOCK)
-    kernel(grid, block, arrays)
+    return {"scalar_t": cuda.scalar_type(dtype)}
 
 
 def wkv_forward_kernel(kernels, w, u, k, v, block: int | None = None):
     """Run ``wkv_forward`` from ``kernels`` (CuPy functions, or ``cuda.cpu_kernels``); same result as
-    ``wkv_forward_numpy``.  All arrays must be C-contiguous and of one dtype."""
+    ``wkv_forward_numpy``.  All arrays must be C-contiguous and of one dtype.  ``block`` as in
+    ``cuda.launch`` (None: one CPU thread, or ``THREADS_PER_BLOCK`` on a GPU)."""
     xp = backend.array_module_of(k)
     batch, length, channels = k.shape
     y, log_denominator = xp.empty_like(k), xp.empty_like(k)
-    _launch(kernels["wkv_forward"], batch, channels,
-            (np.int32(batch), np.int32(length), np.int32(channels), w, u, k, v, y, log_denominator), block)
+    cuda.launch(kernels["wkv_forward"], batch * channels,
+                (np.int32(batch), np.int32(length), np.int32(channels), w, u, k, v, y, log_denominator),
+                block=block, gpu_block=THREADS_PER_BLOCK)
     return y, log_denominator
 
 
@@ -186,9 +175,10 @@ def wkv_backward_kernel(kernels, w, u, k, v, y, log_denominator, grad_y, block: 
     grad_k, grad_v = xp.empty_like(k), xp.empty_like(k)
     grad_w = xp.empty((batch, channels), k.dtype)
     grad_u = xp.empty((batch, channels), k.dtype)
-    _launch(kernels["wkv_backward"], batch, channels,
-            (np.int32(batch), np.int32(length), np.int32(channels), w, u, k, v, y, log_denominator, grad_y,
-             grad_k, grad_v, grad_w, grad_u), block)
+    cuda.launch(kernels["wkv_backward"], batch * channels,
+                (np.int32(batch), np.int32(length), np.int32(channels), w, u, k, v, y, log_denominator, grad_y,
+                 grad_k, grad_v, grad_w, grad_u),
+                block=block, gpu_block=THREADS_PER_BLOCK)
     return grad_k, grad_v, grad_w, grad_u
 
 
@@ -252,7 +242,7 @@ def _check_inputs(time_decay, time_first, k, v):
     if time_decay.shape != (channels,) or time_first.shape != (channels,):
         raise ValueError(f"wkv needs time_decay and time_first of shape (C,) = ({channels},); "
                          f"got {time_decay.shape} and {time_first.shape}")
-    if k.dtype != v.dtype or np.dtype(k.dtype) not in SCALAR_TYPES:
+    if k.dtype != v.dtype or np.dtype(k.dtype) not in cuda.SCALAR_TYPES:
         raise TypeError(f"wkv needs k and v both float32 or both float64; got {k.dtype} and {v.dtype} (cast them with .astype)")
     if len({backend.is_gpu_array(a) for a in (time_decay, time_first, k, v)}) > 1:
         raise ValueError("wkv needs all four inputs on one device; move them with .to(device=...)")

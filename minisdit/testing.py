@@ -8,7 +8,11 @@ compares the analytic gradient with
 
 for every coordinate direction d when the input is small, or for ``num_directions`` random unit
 directions when it is large.  It returns a report with the worst entry and raises
-``GradcheckError`` when the error exceeds ``atol + rtol * |numerical|``.
+``GradcheckError`` when the error exceeds ``atol + rtol * |numerical|`` (or is not finite).
+
+``reference=`` takes the central differences of another function than ``fn``: one that computes
+the same output differently (an O(L^2) definition of a recurrence, a neuron with its reset spikes
+held fixed to model a detached reset), so that the backward of ``fn`` is checked against it.
 """
 from __future__ import annotations
 
@@ -43,13 +47,15 @@ def _as_float64_leaf(value) -> Tensor:
     return Tensor(data, requires_grad=True)
 
 
-def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-7, rtol: float = 1e-5,
+def gradcheck(fn, inputs, *, reference=None, eps: float = 1e-6, atol: float = 1e-7, rtol: float = 1e-5,
               max_dense: int = 64, num_directions: int = 8, check: tuple | None = None,
               seed: int = 0, raise_on_failure: bool = True) -> GradcheckReport:
     """Check the gradient of ``fn(*inputs)`` with respect to every input (or those in ``check``).
 
-    ``fn`` maps Tensors to one Tensor.  Inputs are copied to float64 leaves.  An input with at
-    most ``max_dense`` entries is checked entry by entry; a larger one along random directions.
+    ``fn`` maps Tensors to one Tensor; its backward gives the analytic gradient.  The numerical
+    gradient is that of ``reference(*arrays)`` when given (float64 arrays in, an array or Tensor of
+    ``fn``'s output shape out), else of ``fn``.  Inputs are copied to float64 leaves.  An input with
+    at most ``max_dense`` entries is checked entry by entry; a larger one along random directions.
     """
     rng = np.random.default_rng(seed)
     leaves = [_as_float64_leaf(x) for x in inputs]
@@ -59,10 +65,21 @@ def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-7, rtol: float 
     output = fn(*leaves)
     projection = xp.asarray(rng.standard_normal(output.shape))
 
-    def loss_of(arrays) -> float:
+    def evaluate(arrays):
+        if reference is not None:
+            value = reference(*arrays)
+            return value.data if isinstance(value, Tensor) else value
         with no_grad():
-            value = fn(*[Tensor(a) for a in arrays])
-        return float((value.data * projection).sum())
+            return fn(*[Tensor(a) for a in arrays]).data
+
+    def loss_of(arrays) -> float:
+        return float((evaluate(arrays) * projection).sum())
+
+    if reference is not None:
+        reference_shape = tuple(evaluate([leaf.data for leaf in leaves]).shape)
+        if reference_shape != output.shape:
+            raise ValueError(f"gradcheck's reference returned shape {reference_shape} but fn returned "
+                             f"{output.shape}; both must compute the same output")
 
     loss = (output * Tensor(projection)).sum()
     loss.backward()
@@ -98,6 +115,8 @@ def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-7, rtol: float 
             checks += 1
             allowed = atol + rtol * abs(numerical)
             excess = error / allowed
+            if not np.isfinite(excess):
+                excess = np.inf  # a NaN or infinite gradient is the worst failure, never a pass
             if worst is None or excess > worst[0]:
                 worst = (excess, GradcheckReport(i, label, analytic, numerical, error, 0))
     report = worst[1]

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+export MINISDIT_REQUIRE_GPU=1  # a GPU test that cannot reach the GPU fails here instead of skipping
 export MINISDIT_DATA=${MINISDIT_DATA:-.data}
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -1,8 +1,12 @@
-"""Shared test settings: the ``device`` fixture and the hypothesis profiles.
+"""Shared test settings: GPU tests, the ``device`` fixture and the hypothesis profiles.
 
-``device`` runs a test once on "cpu" and once on "gpu"; the GPU run is skipped unless CuPy
-imports and sees a CUDA device.  Hypothesis uses the "ci" profile unless HYPOTHESIS_PROFILE
-names another ("dev" runs more examples).
+A test marked ``@pytest.mark.gpu`` runs only where CuPy imports and sees a CUDA device.  Elsewhere
+it is skipped with the reason CuPy gave (``backend.gpu_unavailable_reason()``), or, when the
+environment sets ``MINISDIT_REQUIRE_GPU=1`` (scripts/gpu_check.sh on a lent GPU), it fails with
+that reason: on a GPU machine a skipped GPU test is a broken setup, not a pass.
+
+``device`` runs a test once on "cpu" and once on "gpu" (the GPU run is marked ``gpu``).
+Hypothesis uses the "ci" profile unless HYPOTHESIS_PROFILE names another ("dev" runs more examples).
 """
 import os
 
@@ -17,14 +21,23 @@ settings.register_profile("ci", max_examples=30, deadline=None, print_blob=True,
 settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-GPU_SKIP_REASON = "needs a CUDA GPU and CuPy"
+REQUIRE_GPU = os.environ.get("MINISDIT_REQUIRE_GPU") == "1"
+# Asked once per session: None when the GPU works, else why it does not.
+GPU_UNAVAILABLE_REASON = backend.gpu_unavailable_reason()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own skipif marks, so MINISDIT_REQUIRE_GPU=1 overrides them
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is None or GPU_UNAVAILABLE_REASON is None:
+        return
+    if REQUIRE_GPU:
+        pytest.fail(f"MINISDIT_REQUIRE_GPU=1 but no usable GPU: {GPU_UNAVAILABLE_REASON}", pytrace=False)
+    pytest.skip(f"needs a CUDA GPU: {GPU_UNAVAILABLE_REASON}")
+
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("gpu", id="gpu", marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(not backend.gpu_available(), reason=GPU_SKIP_REASON),
-    ]),
+    pytest.param("gpu", id="gpu", marks=pytest.mark.gpu),
 ]
 
 

@@ -164,3 +164,73 @@ def test_inputs_become_float64_leaves():
     gradcheck(spy, [np.ones((2, 2), dtype=np.float32)])
     gradcheck(spy, [Tensor(np.ones(3, dtype=np.float32))])
     assert set(seen) == {np.dtype(np.float64)}
+
+
+# ---------------------------------------------------------------------------------------------
+# reference=: the numerical gradient of another function with the same output
+# ---------------------------------------------------------------------------------------------
+class SquareForwardZeros(Function):
+    """A forward that is not x^2 with the backward of x^2: only a reference can vouch for it."""
+
+    def forward(self, x):
+        self.x = x
+        return np.zeros_like(x)
+
+    def backward(self, g):
+        return 2 * g * self.x
+
+
+def square_reference(x):
+    """x^2 on NumPy arrays, written independently of any Function."""
+    return x ** 2
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (20, 10)], ids=["dense", "random-directions"])
+def test_reference_supplies_the_numerical_gradient(shape):
+    x = random(shape)
+    # fn's own forward is constant, so differences of fn would say the gradient is 0
+    with pytest.raises(GradcheckError):
+        gradcheck(SquareForwardZeros.apply, [x])
+    report = gradcheck(SquareForwardZeros.apply, [x], reference=square_reference)
+    assert report.abs_error < 1e-8
+    # and the reference must agree with the analytic gradient: x^3 does not
+    with pytest.raises(GradcheckError):
+        gradcheck(SquareRight.apply, [x], reference=lambda x: x ** 3)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (20, 10)], ids=["dense", "random-directions"])
+def test_reference_catches_a_wrong_gradient(shape):
+    x = random(shape)
+    with pytest.raises(GradcheckError):
+        gradcheck(SquareMissingFactor2.apply, [x], reference=square_reference)
+    a, b = random((4, 4), seed=3), random((4, 4), seed=4)
+    with pytest.raises(GradcheckError, match="input 0"):
+        gradcheck(MatMulTransposedGrad.apply, [a, b], reference=lambda a, b: a @ b)
+    gradcheck(MatMulRight.apply, [a, b], reference=lambda a, b: a @ b)
+
+
+def test_reference_gets_float64_arrays_and_may_return_a_tensor():
+    seen = []
+
+    def reference(x):
+        seen.append((type(x), x.dtype))
+        return Tensor(x ** 2)
+
+    gradcheck(SquareRight.apply, [np.ones((2, 2), dtype=np.float32)], reference=reference)
+    assert set(seen) == {(np.ndarray, np.dtype(np.float64))}
+
+
+def test_reference_of_another_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"reference returned shape \(3,\) but fn returned \(3, 1\)"):
+        gradcheck(lambda x: F.reshape(x, (3, 1)), [random((3,))], reference=lambda x: x)
+
+
+def test_a_nan_gradient_fails():
+    class NanGradient(SquareRight):
+        def backward(self, g):
+            return np.full_like(g, np.nan)
+
+    with pytest.raises(GradcheckError, match="nan"):
+        gradcheck(NanGradient.apply, [random((2, 3))])
+    with pytest.raises(GradcheckError):
+        gradcheck(NanGradient.apply, [random((9, 9))])

@@ -11,14 +11,14 @@ from minisdit import backend, cuda
 from minisdit import functional as F
 from minisdit.snn import LIF, LIFKernels, LIFOptions, SpikeRate, lif, lif_unrolled, spike_rate
 from minisdit.snn import firing_rates, record_firing_rates, reset_firing_rates
-from minisdit.snn.lif import (kernel_variants, lif_backward_reference, lif_forward_reference,
+from minisdit.snn.lif import (THREADS_PER_BLOCK, kernel_variants, lif_backward_reference, lif_forward_reference,
                               spike_rate_backward_reference, spike_rate_forward_reference)
 from minisdit.snn.surrogate import ATan, Erf, PiecewiseQuadratic, Sigmoid, SoftSign
+from minisdit.testing import gradcheck
 
 SURROGATES = [ATan(), Sigmoid(), PiecewiseQuadratic(), SoftSign(), Erf()]
 # (v_reset, detach_reset, decay_input); v_reset None is a soft reset
 STRUCTURES = list(itertools.product([0.0, -0.3, None], [False, True], [True, False]))
-GPU = pytest.mark.skipif(not backend.gpu_available(), reason="needs a CUDA GPU")
 
 options_strategy = st.builds(
     dict,
@@ -137,29 +137,13 @@ def smooth_lif(x, o: LIFOptions, reset_spikes=None):
     return np.stack(spikes)
 
 
-def assert_matches_finite_differences(forward, x, analytic, eps=1e-6, atol=1e-7, rtol=1e-5):
-    """analytic = dL/dx of L = <P, forward(x)>; compare entry by entry with central differences."""
-    projection = np.random.default_rng(1).normal(size=forward(x).shape)
-    numerical = np.empty_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += eps
-        minus[index] -= eps
-        numerical[index] = ((forward(plus) - forward(minus)) * projection).sum() / (2 * eps)
-    leaf_grad = analytic(projection)
-    np.testing.assert_allclose(leaf_grad, numerical, rtol=rtol, atol=atol)
-
-
 def check_lif_gradient(x, options: dict):
+    """The fused backward against central differences of ``smooth_lif`` (reset spikes frozen for
+    detach_reset), entry by entry."""
     o = LIFOptions(spiking=False, **options)
     frozen = smooth_lif(x, o) if o.detach_reset else None
-
-    def analytic(projection):
-        leaf = minisdit.Tensor(x, requires_grad=True)
-        lif(leaf, spiking=False, **options).backward(projection)
-        return leaf.grad
-
-    assert_matches_finite_differences(lambda x: smooth_lif(x, o, frozen), x, analytic)
+    gradcheck(lambda t: lif(t, spiking=False, **options), [x], reference=lambda x: smooth_lif(x, o, frozen),
+              max_dense=x.size)
 
 
 @pytest.mark.parametrize("surrogate", SURROGATES, ids=lambda s: s.name)
@@ -188,13 +172,8 @@ def test_smooth_spike_rate_matches_finite_differences(n, T, options, seed):
     x = random_input(np.random.default_rng(seed), (n,))
     o = LIFOptions(spiking=False, **options)
     frozen = smooth_lif(np.stack([x] * T), o) if o.detach_reset else None
-
-    def analytic(projection):
-        leaf = minisdit.Tensor(x, requires_grad=True)
-        spike_rate(leaf, T=T, neuron=LIF(**options), spiking=False).backward(projection)
-        return leaf.grad
-
-    assert_matches_finite_differences(lambda x: smooth_lif(np.stack([x] * T), o, frozen).mean(axis=0), x, analytic)
+    gradcheck(lambda t: spike_rate(t, T=T, neuron=LIF(**options), spiking=False), [x],
+              reference=lambda x: smooth_lif(np.stack([x] * T), o, frozen).mean(axis=0), max_dense=x.size)
 
 
 def test_detach_reset_changes_only_the_gradient():
@@ -333,11 +312,13 @@ def variant_id(variant):
     return f"{surrogate.name}-{reset}-detach{int(detach)}-decay{int(decay)}-{np.dtype(dtype).name}"
 
 
-def check_kernels_against_reference(variant, neurons, T, max_blocks=None):
+def check_kernels_against_reference(variant, neurons, T, block=THREADS_PER_BLOCK, max_blocks=None):
+    """Run on the CPU with GPU-sized blocks by default, so that the kernels' block indexing is used
+    (``block=None`` is the one-thread launch of the CPU fast path)."""
     surrogate, v_reset, detach, decay, dtype = variant
     options = LIFOptions(tau=1.7, v_threshold=0.9, v_reset=v_reset, decay_input=decay, detach_reset=detach,
                          surrogate=surrogate)
-    kernels = LIFKernels(options, dtype, on_gpu=False, max_blocks=max_blocks)
+    kernels = LIFKernels(options, dtype, on_gpu=False, block=block, max_blocks=max_blocks)
     rng = np.random.default_rng(neurons * 31 + T)
     x = random_input(rng, (T, neurons)).astype(dtype)
     grad_spikes = rng.normal(size=(T, neurons)).astype(dtype)
@@ -362,6 +343,7 @@ def check_kernels_against_reference(variant, neurons, T, max_blocks=None):
 @pytest.mark.parametrize("variant", CPU_VARIANTS, ids=variant_id)
 @pytest.mark.parametrize("neurons,T", [(1, 3), (257, 5), (1000, 4)])
 def test_kernels_run_on_cpu_match_the_reference(variant, neurons, T):
+    # blocks of 256 threads: 1, 2 (the second with one neuron) and 4 blocks
     check_kernels_against_reference(variant, neurons, T)
 
 
@@ -369,6 +351,8 @@ def test_kernels_grid_stride_loop_covers_every_neuron():
     # 2 blocks of 256 threads for 1000 neurons: each thread handles up to 2 neurons
     check_kernels_against_reference(CPU_VARIANTS[0], 1000, 6, max_blocks=2)
     check_kernels_against_reference(CPU_VARIANTS[-1], 1000, 6, max_blocks=1)
+    # one thread for everything: the launch the CPU fast path uses
+    check_kernels_against_reference(CPU_VARIANTS[1], 257, 6, block=None)
 
 
 @pytest.mark.slow
@@ -385,8 +369,7 @@ def test_kernels_refuse_the_smooth_neuron():
 # ---------------------------------------------------------------------------------------------
 # GPU: the CuPy path (kernels/lif.cu) against NumPy in float32
 # ---------------------------------------------------------------------------------------------
-@GPU
-@pytest.mark.gpu
+@pytest.mark.gpu  # skipped with the reason, or failed under MINISDIT_REQUIRE_GPU=1, by tests/conftest.py
 @pytest.mark.parametrize("variant", CPU_VARIANTS, ids=variant_id)
 def test_gpu_lif_matches_numpy(variant):
     surrogate, v_reset, detach, decay, _ = variant
@@ -402,8 +385,7 @@ def test_gpu_lif_matches_numpy(variant):
     np.testing.assert_allclose(backend.to_numpy(leaf.grad), cpu[1], rtol=1e-5, atol=1e-5)
 
 
-@GPU
-@pytest.mark.gpu
+@pytest.mark.gpu  # skipped with the reason, or failed under MINISDIT_REQUIRE_GPU=1, by tests/conftest.py
 @pytest.mark.parametrize("variant", CPU_VARIANTS, ids=variant_id)
 def test_gpu_spike_rate_matches_numpy(variant):
     surrogate, v_reset, detach, decay, _ = variant

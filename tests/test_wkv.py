@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minisdit import Tensor, backend, cuda
+from minisdit.testing import gradcheck
 from minisdit.rwkv import (kernel_defines, wkv, wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel,
                            wkv_forward_numpy, wkv_quadratic_numpy)
 
@@ -80,42 +81,18 @@ def test_log_denominator_is_ln_of_the_sum():
 # ---------------------------------------------------------------------------------------------
 # backward: analytic gradients of the fused op against central differences of the definition
 # ---------------------------------------------------------------------------------------------
-def check_gradients_against_definition(inputs, rng, eps=1e-6, atol=1e-7, rtol=1e-5, max_dense=24, directions=4):
-    leaves = [Tensor(a, requires_grad=True) for a in inputs]
-    y = wkv(*leaves)
-    projection = rng.standard_normal(y.shape)
+def check_gradients_against_definition(inputs, seed):
+    """The fused op's backward against central differences of ``wkv_quadratic_numpy``, with no
+    overflow or invalid operation anywhere (gradcheck fails on a non-finite gradient too)."""
     with np.errstate(**STRICT):
-        (y * Tensor(projection)).sum().backward()
-
-    def loss(arrays):
-        return float((quadratic(*arrays) * projection).sum())
-
-    names = ("time_decay", "time_first", "k", "v")
-    for index, (name, leaf) in enumerate(zip(names, leaves)):
-        analytic = leaf.grad
-        assert analytic.shape == inputs[index].shape and np.isfinite(analytic).all()
-        size = inputs[index].size
-        if size <= max_dense:
-            direction_list = list(np.eye(size))
-        else:
-            direction_list = [d / np.linalg.norm(d) for d in rng.standard_normal((directions, size))]
-        for direction in direction_list:
-            direction = direction.reshape(inputs[index].shape)
-            plus, minus = list(inputs), list(inputs)
-            plus[index] = inputs[index] + eps * direction
-            minus[index] = inputs[index] - eps * direction
-            numerical = (loss(plus) - loss(minus)) / (2 * eps)
-            analytic_value = float((analytic * direction).sum())
-            assert abs(analytic_value - numerical) <= atol + rtol * abs(numerical), (
-                f"dL/d{name}: analytic {analytic_value} vs central difference of the definition {numerical}")
+        gradcheck(wkv, inputs, reference=quadratic, seed=seed)
 
 
 @FAST
 @given(batch=st.integers(1, 3), length=st.integers(1, 40), channels=st.integers(1, 5),
        k_scale=st.sampled_from([0.1, 1.0, 5.0]), seed=st.integers(0, 2**32 - 1))
 def test_backward_equals_differences_of_definition(batch, length, channels, k_scale, seed):
-    rng = np.random.default_rng(seed)
-    check_gradients_against_definition(random_inputs(rng, batch, length, channels, k_scale), rng)
+    check_gradients_against_definition(random_inputs(np.random.default_rng(seed), batch, length, channels, k_scale), seed)
 
 
 @pytest.mark.parametrize("magnitude", [60.0, 100.0])
@@ -123,7 +100,7 @@ def test_backward_extreme_k(magnitude):
     rng = np.random.default_rng(3)
     time_decay, time_first, _, v = random_inputs(rng, 2, 21, 3)
     k = extreme_k(rng, 2, 21, 3, magnitude)
-    check_gradients_against_definition([time_decay, time_first, k, v], rng)
+    check_gradients_against_definition([time_decay, time_first, k, v], seed=3)
 
 
 def test_float32_gradients_have_the_input_dtypes_and_are_finite_for_extreme_k():
@@ -203,6 +180,41 @@ def test_kernel_grid_stride_loop_covers_every_recurrence(scalar_t):
     assert_matches(outputs, grads, dtype)
 
 
+class RecordingCpuKernel(cuda.CpuKernel):
+    """A CpuKernel that records its launch shapes instead of running."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, grid, block, args):
+        self.launches.append((grid, block))
+
+
+def test_launch_chooses_the_grid():
+    cpu = RecordingCpuKernel()
+    cuda.launch(cpu, 111, ())                         # default on the CPU: one thread runs the grid-stride loop
+    cuda.launch(cpu, 111, (), block=32)               # an explicit block: 4 blocks, the last one partly idle
+    cuda.launch(cpu, 111, (), block=32, max_blocks=2)
+    cuda.launch(cpu, 0, ())                           # nothing to run: no launch (CUDA rejects empty grids)
+    assert cpu.launches == [((1,), (1,)), ((4,), (32,)), ((2,), (32,))]
+    gpu_launches = []  # any other callable stands for a CuPy kernel
+
+    def gpu(grid, block, args):
+        gpu_launches.append((grid, block))
+
+    cuda.launch(gpu, 111, (), gpu_block=64)
+    cuda.launch(gpu, 1000, (), max_blocks=3)
+    cuda.launch(gpu, 1000, (), block=128)
+    assert gpu_launches == [((2,), (64,)), ((3,), (256,)), ((8,), (128,))]
+
+
+def test_scalar_type_names_the_c_type():
+    assert cuda.scalar_type(np.float32) == "float" and cuda.scalar_type(np.dtype("float64")) == "double"
+    assert kernel_defines(np.float32) == {"scalar_t": "float"}
+    with pytest.raises(TypeError, match="float32 or float64.*float16.*astype"):
+        cuda.scalar_type(np.float16)
+
+
 @pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
 def test_kernel_on_cpu_extreme_k(scalar_t):
     dtype = VARIANTS[scalar_t]
@@ -236,11 +248,9 @@ def test_kernel_compiles_with_nvrtc(scalar_t):
 # ---------------------------------------------------------------------------------------------
 # GPU (CuPy): the Function uses the kernels on CuPy arrays
 # ---------------------------------------------------------------------------------------------
-needs_gpu = pytest.mark.skipif(not backend.gpu_available(), reason="needs a CUDA GPU")
-
-
+# tests/conftest.py skips tests marked gpu where CuPy finds no GPU, saying why (or fails them when
+# MINISDIT_REQUIRE_GPU=1)
 @pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,k_scale", [((3, 19, 37), 1.0), ((4, 394, 96), 3.0), ((2, 50, 33), 100.0)])
 def test_gpu_kernel_matches_numpy(dtype, shape, k_scale):
@@ -262,7 +272,6 @@ def test_gpu_kernel_matches_numpy(dtype, shape, k_scale):
 
 
 @pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
 def test_gpu_kernels_match_cpu_run_of_the_same_source(scalar_t):
     cupy = backend.get_array_module("gpu")

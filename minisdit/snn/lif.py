@@ -40,6 +40,7 @@ CuPy arrays), and ``lif_unrolled``, an autograd composition of ``minisdit.functi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from .surrogate import SURROGATES, ATan, Surrogate, check_surrogate
 
 KERNEL_FILE = "lif.cu"
 THREADS_PER_BLOCK = 256
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+SUPPORTED_DTYPES = tuple(cuda.SCALAR_TYPES)  # float32 and float64, as the kernels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ class LIFOptions:
 
 def kernel_defines(surrogate: Surrogate, hard_reset: bool, detach_reset: bool, decay_input: bool, dtype) -> dict:
     return {
-        "scalar_t": {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)],
+        "scalar_t": cuda.scalar_type(dtype),
         "SURROGATE": surrogate.id,
         "HARD_RESET": int(hard_reset),
         "DETACH_RESET": int(detach_reset),
@@ -236,20 +237,18 @@ class LIFKernels:
 
     ``on_gpu=True`` launches them with CuPy on CuPy arrays; ``on_gpu=False`` runs the same source
     compiled for the CPU (``cuda.cpu_kernels``) on NumPy arrays, so that tests exercise this very
-    launch code.  ``max_blocks`` caps the grid (the kernels loop over neurons with a grid stride);
-    ``sequential`` (CPU only) launches one block of one thread, the fast way to run them on a CPU.
+    launch code.  ``block`` and ``max_blocks`` as in ``cuda.launch``: by default one CPU thread
+    (the fast way on a CPU) or ``THREADS_PER_BLOCK`` on a GPU; tests pass a block size to run
+    several blocks on the CPU, and ``max_blocks`` to make the kernels' grid-stride loop wrap.
     """
 
-    def __init__(self, options: LIFOptions, dtype, *, on_gpu: bool = True, max_blocks: int | None = None,
-                 sequential: bool = False):
+    def __init__(self, options: LIFOptions, dtype, *, on_gpu: bool = True, block: int | None = None,
+                 max_blocks: int | None = None):
         if not options.spiking:
             raise ValueError("kernels/lif.cu implements spiking neurons only; spiking=False runs the array reference")
         self.options, self.dtype = options, np.dtype(dtype)
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"kernels/lif.cu supports float32 and float64, got {self.dtype}")
-        self.max_blocks = max_blocks
-        self.sequential = sequential and not on_gpu
-        defines = options.kernel_defines(self.dtype)
+        self.block, self.max_blocks = block, max_blocks
+        defines = options.kernel_defines(self.dtype)  # raises for dtypes other than float32 / float64
         if on_gpu:
             self._kernel = lambda name: cuda.gpu_function(KERNEL_FILE, name, defines)
         else:
@@ -257,18 +256,12 @@ class LIFKernels:
             self._kernel = compiled.__getitem__
 
     def _launch(self, name: str, neurons: int, arrays, T: int, with_alpha: bool):
-        if neurons == 0:
-            return
-        grid, block = cuda.launch_configuration(neurons, THREADS_PER_BLOCK)
-        if self.sequential:
-            grid, block = cuda.CPU_LAUNCH  # one CPU "thread" runs the whole grid-stride loop
-        if self.max_blocks is not None:
-            grid = (min(grid[0], self.max_blocks),)
         o, scalar = self.options, self.dtype.type
         scalars = [np.int64(neurons), np.int32(T), scalar(o.tau), scalar(o.v_threshold), scalar(o.v_rest)]
         if with_alpha:
             scalars.append(scalar(o.surrogate.alpha))
-        self._kernel(name)(grid, block, (*arrays, *scalars))
+        cuda.launch(self._kernel(name), neurons, (*arrays, *scalars), block=self.block, max_blocks=self.max_blocks,
+                    gpu_block=THREADS_PER_BLOCK)
 
     def _prepare(self, array):
         xp = backend.array_module_of(array)
@@ -304,13 +297,12 @@ class LIFKernels:
         return grad_x
 
 
-def _uses_kernels(array, o: LIFOptions) -> bool:
-    return o.spiking and (backend.is_gpu_array(array) or cuda.cpu_kernels_enabled())
-
-
-def _kernels_for(array, o: LIFOptions) -> LIFKernels:
+def _kernels_for(array, o: LIFOptions) -> LIFKernels | None:
+    """The kernels that run this neuron on ``array``, or None where the array reference runs."""
     on_gpu = backend.is_gpu_array(array)
-    return LIFKernels(o, array.dtype, on_gpu=on_gpu, sequential=not on_gpu)
+    if o.spiking and (on_gpu or cuda.cpu_kernels_enabled()):
+        return LIFKernels(o, array.dtype, on_gpu=on_gpu)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,17 +314,16 @@ class LIFFunction(Function):
     options: LIFOptions
 
     def forward(self, x):
-        o = self.options
-        if _uses_kernels(x, o):
-            self.kernels = _kernels_for(x, o)
+        self.kernels = _kernels_for(x, self.options)
+        if self.kernels is not None:
             spikes, self.h = self.kernels.forward(x.reshape(x.shape[0], -1))
             return spikes.reshape(x.shape)
-        spikes, self.h = lif_forward_reference(x, o)
+        spikes, self.h = lif_forward_reference(x, self.options)
         return spikes
 
     def backward(self, grad):
         grad = grad.astype(self.h.dtype, copy=False)
-        if hasattr(self, "kernels"):
+        if self.kernels is not None:
             return self.kernels.backward(self.h, grad.reshape(self.h.shape)).reshape(grad.shape)
         return lif_backward_reference(self.h, grad, self.options)
 
@@ -345,14 +336,14 @@ class SpikeRateFunction(Function):
 
     def forward(self, x):
         self.x = x
-        if _uses_kernels(x, self.options):
-            self.kernels = _kernels_for(x, self.options)
+        self.kernels = _kernels_for(x, self.options)
+        if self.kernels is not None:
             return self.kernels.spike_rate_forward(x.reshape(-1), self.T).reshape(x.shape)
         return spike_rate_forward_reference(x, self.T, self.options)
 
     def backward(self, grad):
         grad = grad.astype(self.x.dtype, copy=False)
-        if hasattr(self, "kernels"):
+        if self.kernels is not None:
             return self.kernels.spike_rate_backward(self.x.reshape(-1), grad.reshape(-1), self.T).reshape(grad.shape)
         return spike_rate_backward_reference(self.x, grad, self.T, self.options)
 
@@ -377,18 +368,10 @@ def spike_rate(x: Tensor, *, T: int = 4, neuron: "LIF | None" = None, spiking: b
     if neuron is None:
         options = LIFOptions(spiking=spiking)
     elif isinstance(neuron, LIF):
-        options = neuron.options if spiking else _replace(neuron.options, spiking=False)
+        options = neuron.options if spiking else dataclasses.replace(neuron.options, spiking=False)
     else:
         raise TypeError(f"neuron must be a minisdit.snn.LIF module (or None for LIF()), got {type(neuron).__name__}")
     return SpikeRateFunction.apply(check_input(x, "spike_rate"), options=options, T=check_time_steps(T))
-
-
-def _replace(options: LIFOptions, **changes) -> LIFOptions:
-    fields = dict(tau=options.tau, v_threshold=options.v_threshold, v_reset=options.v_reset,
-                  decay_input=options.decay_input, detach_reset=options.detach_reset,
-                  surrogate=options.surrogate, spiking=options.spiking)
-    fields.update(changes)
-    return LIFOptions(**fields)
 
 
 def lif_unrolled(x: Tensor, *, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float | None = 0.0,
