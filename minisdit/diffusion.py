@@ -20,14 +20,18 @@ kept step = 1), so the respaced chain has the same ᾱ at the kept steps; the mo
 the original t_i.  Every method's ``t`` indexes this diffusion's own steps (0..K−1 after
 respacing); ``timestep_map[t]`` is what the model sees.
 
-The training hot path (x_t and the ε-MSE with its gradient) is one fused op with a hand-written
-backward; on CuPy arrays it runs kernels/ddpm_loss.cu, on NumPy arrays the references below.
-Schedules are float64 NumPy arrays; per-sample coefficients are cast to the data's dtype.
+The training hot path runs kernels/ddpm_loss.cu on CuPy arrays and the NumPy references below on
+NumPy arrays: x_t comes from ``fused_q_sample`` (one elementwise kernel; x_t needs no gradient), and
+the ε-MSE from the Function ``EpsilonMSE`` (an elementwise kernel for (ε̂ − ε)², the array module's
+per-sample mean, and a hand-written backward kernel).  Schedules are float64 NumPy arrays; the
+per-sample coefficients are read from copies cast to the data's dtype and kept on the data's device
+(made once per device and dtype), so a step copies only its t to the device.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 import numpy as np
 
@@ -70,6 +74,33 @@ def get_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # respacing
 # --------------------------------------------------------------------------------------------
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def _parse_section_counts(section_counts) -> list[int] | tuple[str, int]:
+    """section_counts as a list of ints, or ("ddim", N) for "ddimN"; one clear error for anything else."""
+    def bad_input():
+        return ValueError("section_counts must be an int, a list, a comma string like '10,15' or 'ddimN'; "
+                          f"got {section_counts!r}")
+
+    def is_integer(value):
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+    if isinstance(section_counts, str):
+        text = section_counts.strip()
+        is_ddim = text.startswith("ddim")
+        parts = [text[len("ddim"):]] if is_ddim else text.split(",")
+        if not all(_INTEGER_TEXT.fullmatch(part.strip()) for part in parts):
+            raise bad_input()
+        counts = [int(part) for part in parts]
+        return ("ddim", counts[0]) if is_ddim else counts
+    if is_integer(section_counts):
+        return [int(section_counts)]
+    if isinstance(section_counts, (list, tuple, np.ndarray)) and all(is_integer(count) for count in section_counts):
+        return [int(count) for count in section_counts]
+    raise bad_input()
+
+
 def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     """The steps kept when respacing ``num_timesteps`` steps, by IDDPM's rule (sorted list).
 
@@ -80,18 +111,13 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     start + round(cur) for cur = 0, frac, 2 frac, ... (accumulated in float), with
     frac = (size − 1)/(count − 1) (1 when count ≤ 1).  For K = 250 of 1000: round(i · 999/249).
     """
-    if isinstance(section_counts, str):
-        text = section_counts.strip()
-        if text.startswith("ddim"):
-            desired = int(text[len("ddim"):])
-            for stride in range(1, num_timesteps):
-                if len(range(0, num_timesteps, stride)) == desired:
-                    return list(range(0, num_timesteps, stride))
-            raise ValueError(f"no integer stride gives exactly {desired} of {num_timesteps} steps; pick another ddimN")
-        section_counts = [int(part) for part in text.split(",")]
-    elif isinstance(section_counts, (int, np.integer)):
-        section_counts = [int(section_counts)]
-    section_counts = [int(count) for count in section_counts]
+    section_counts = _parse_section_counts(section_counts)
+    if isinstance(section_counts, tuple):  # ("ddim", N)
+        desired = section_counts[1]
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == desired:
+                return list(range(0, num_timesteps, stride))
+        raise ValueError(f"no integer stride gives exactly {desired} of {num_timesteps} steps; pick another ddimN")
     if not section_counts or any(count < 1 for count in section_counts):
         raise ValueError(f"section counts must be positive integers, got {section_counts}")
     base_size, remainder = divmod(num_timesteps, len(section_counts))
@@ -174,10 +200,15 @@ def q_sample_reference(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar):
             + _per_sample_column(sqrt_one_minus_alpha_bar, x0.ndim) * noise)
 
 
+def squared_error_reference(predicted, target):
+    """(ε̂ − ε)² elementwise."""
+    difference = predicted - target
+    return difference * difference
+
+
 def epsilon_mse_reference(predicted, target):
     """L_n = mean over C, H, W of (ε̂ − ε)², one value per sample."""
-    difference = predicted - target
-    return (difference * difference).reshape(predicted.shape[0], -1).mean(axis=1)
+    return squared_error_reference(predicted, target).reshape(predicted.shape[0], -1).mean(axis=1)
 
 
 def epsilon_mse_backward_reference(predicted, target, grad_loss):
@@ -222,7 +253,9 @@ class EpsilonMSE(Function):
 
     forward: L_n = (1/(C·H·W)) Σ_{c,h,w} (ε̂ − ε)²  → (N,)
     backward: dL/dε̂ = 2 (ε̂ − ε)/(C·H·W) · g_n,  dL/dε = −dL/dε̂.
-    CuPy arrays use ``ddpm_epsilon_mse_forward`` / ``_backward`` (kernels/ddpm_loss.cu).
+    CuPy arrays: the kernel ``ddpm_squared_error`` writes (ε̂ − ε)² (one thread per element, so the
+    loads are coalesced), CuPy's reduction takes the per-sample mean, and ``ddpm_epsilon_mse_backward``
+    gives the gradient (kernels/ddpm_loss.cu).
     """
 
     def forward(self, predicted, target):
@@ -235,12 +268,11 @@ class EpsilonMSE(Function):
         xp = backend.array_module_of(predicted)
         self.predicted = xp.ascontiguousarray(predicted)
         self.target = xp.ascontiguousarray(target.astype(predicted.dtype, copy=False))
-        batch, per_sample = _batch_and_per_sample(predicted)
-        loss = xp.empty(predicted.shape[0], dtype=predicted.dtype)
-        grid, block = cuda.launch_configuration(predicted.shape[0])
-        _gpu_kernel("ddpm_epsilon_mse_forward", predicted.dtype)(
-            grid, block, (self.predicted, self.target, loss, batch, per_sample))
-        return loss
+        squared_error = xp.empty_like(self.predicted)
+        grid, block = cuda.launch_configuration(predicted.size)
+        _gpu_kernel("ddpm_squared_error", predicted.dtype)(
+            grid, block, (self.predicted, self.target, squared_error, np.int64(predicted.size)))
+        return squared_error.reshape(predicted.shape[0], -1).mean(axis=1)
 
     def backward(self, g):
         if not backend.is_gpu_array(g) or self.predicted.size == 0:
@@ -374,6 +406,11 @@ class GaussianDiffusion:
         else:
             self.fixed_log_variance = self.posterior_log_variance_clipped
 
+        # schedules cast to a dtype on a device: {(name, device, dtype): (float64 source, copy)}
+        self._schedule_copies = {}
+        # the step indices t last copied to the device: (host t, device t)
+        self._last_device_steps = None
+
     def __repr__(self):
         return (f"{type(self).__name__}(num_timesteps={self.num_timesteps}, learn_sigma={self.learn_sigma}, "
                 f"loss={self.loss!r})")
@@ -403,11 +440,37 @@ class GaussianDiffusion:
             raise ValueError(f"t must lie in [0, {self.num_timesteps}), got values {t.min()}..{t.max()}")
         return t.astype(np.int64)
 
-    @staticmethod
-    def _coefficient(values: np.ndarray, t: np.ndarray, like):
-        """values[t] as (N, 1, ..., 1) in ``like``'s dtype and on its device."""
-        column = _per_sample_column(values[t], like.ndim).astype(like.dtype)
-        return column if not backend.is_gpu_array(like) else backend.array_module_of(like).asarray(column)
+    def _schedule(self, name: str, like):
+        """The schedule ``self.<name>`` (float64, host) cast to ``like``'s dtype on ``like``'s device.
+
+        Made once per (device, dtype) and kept, so that a sampling or training step indexes it where
+        the data lives instead of copying coefficients to the device.  The copy is remade if the
+        attribute is replaced by another array."""
+        source = getattr(self, name)
+        key = (name, backend.device_of(like), np.dtype(like.dtype))
+        cached = self._schedule_copies.get(key)
+        if cached is None or cached[0] is not source:
+            copy = backend.array_module_of(like).asarray(source.astype(like.dtype))
+            cached = self._schedule_copies[key] = (source, copy)
+        return cached[1]
+
+    def _steps_on_device_of(self, t: np.ndarray, like):
+        """t (NumPy int64) on ``like``'s device.  The last copy is kept, so the dozen coefficients of
+        one step share one small transfer; it is reused only when the values of t are the same."""
+        if not backend.is_gpu_array(like):
+            return t
+        last = self._last_device_steps
+        if last is None or last[0].shape != t.shape or not np.array_equal(last[0], t):
+            last = self._last_device_steps = (t.copy(), backend.array_module_of(like).asarray(t))
+        return last[1]
+
+    def _per_sample(self, name: str, t: np.ndarray, like):
+        """self.<name>[t] (N,) in ``like``'s dtype on its device."""
+        return self._schedule(name, like)[self._steps_on_device_of(t, like)]
+
+    def _coefficient(self, name: str, t: np.ndarray, like):
+        """self.<name>[t] as (N, 1, ..., 1) in ``like``'s dtype and on its device."""
+        return _per_sample_column(self._per_sample(name, t, like), like.ndim)
 
     def _call_model(self, model, x, t: np.ndarray, y) -> Tensor:
         """The model's output for x at step indices t: it receives the original steps timestep_map[t]."""
@@ -427,9 +490,8 @@ class GaussianDiffusion:
         """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (no gradient); returns the kind (array or Tensor) of x0."""
         x0_data, noise_data = _data(x0), _data(noise)
         t = self._check_timesteps(t, x0_data.shape[0])
-        xp = backend.array_module_of(x0_data)
-        a = xp.asarray(self.sqrt_alphas_cumprod[t].astype(x0_data.dtype))
-        b = xp.asarray(self.sqrt_one_minus_alphas_cumprod[t].astype(x0_data.dtype))
+        a = self._per_sample("sqrt_alphas_cumprod", t, x0_data)
+        b = self._per_sample("sqrt_one_minus_alphas_cumprod", t, x0_data)
         x_t = fused_q_sample(x0_data, noise_data, a, b)
         return Tensor(x_t) if isinstance(x0, Tensor) else x_t
 
@@ -437,10 +499,10 @@ class GaussianDiffusion:
         """(μ̃_t, β̃_t, log β̃_t clipped) of q(x_{t−1} | x_t, x_0); the variances as (N, 1, ..., 1)."""
         x0, x_t = _data(x0), _data(x_t)
         t = self._check_timesteps(t, x0.shape[0])
-        mean = (self._coefficient(self.posterior_mean_coef1, t, x0) * x0
-                + self._coefficient(self.posterior_mean_coef2, t, x0) * x_t)
-        variance = self._coefficient(self.posterior_variance, t, x0)
-        log_variance = self._coefficient(self.posterior_log_variance_clipped, t, x0)
+        mean = (self._coefficient("posterior_mean_coef1", t, x0) * x0
+                + self._coefficient("posterior_mean_coef2", t, x0) * x_t)
+        variance = self._coefficient("posterior_variance", t, x0)
+        log_variance = self._coefficient("posterior_log_variance_clipped", t, x0)
         return mean, variance, log_variance
 
     # ----- reverse process -----
@@ -448,31 +510,31 @@ class GaussianDiffusion:
         """x̂_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε̂ (a Tensor when eps is one, differentiable in eps)."""
         like = _data(x_t)
         t = self._check_timesteps(t, like.shape[0])
-        return (self._coefficient(self.sqrt_recip_alphas_cumprod, t, like) * x_t
-                - self._coefficient(self.sqrt_recipm1_alphas_cumprod, t, like) * eps)
+        return (self._coefficient("sqrt_recip_alphas_cumprod", t, like) * x_t
+                - self._coefficient("sqrt_recipm1_alphas_cumprod", t, like) * eps)
 
     def predict_eps_from_x0(self, x_t, t, x0):
         """ε = (√(1/ᾱ_t) x_t − x̂_0) / √(1/ᾱ_t − 1)."""
         like = _data(x_t)
         t = self._check_timesteps(t, like.shape[0])
-        return ((self._coefficient(self.sqrt_recip_alphas_cumprod, t, like) * x_t - x0)
-                / self._coefficient(self.sqrt_recipm1_alphas_cumprod, t, like))
+        return ((self._coefficient("sqrt_recip_alphas_cumprod", t, like) * x_t - x0)
+                / self._coefficient("sqrt_recipm1_alphas_cumprod", t, like))
 
     def _p_mean_variance_from_parts(self, eps: Tensor, v: Tensor | None, x_t, t: np.ndarray, clip_denoised: bool) -> dict:
         """μ_θ, σ², log σ², x̂_0 from ε̂ and v (Tensors): log σ² = f log β_t + (1 − f) log β̃_t, f = (v+1)/2."""
         x_t = _data(x_t)
         if self.learn_sigma:
-            max_log = self._coefficient(self.log_betas, t, x_t)
-            min_log = self._coefficient(self.posterior_log_variance_clipped, t, x_t)
+            max_log = self._coefficient("log_betas", t, x_t)
+            min_log = self._coefficient("posterior_log_variance_clipped", t, x_t)
             fraction = (v + 1.0) / 2.0
             log_variance = fraction * max_log + (1.0 - fraction) * min_log
         else:
-            log_variance = Tensor(self._coefficient(self.fixed_log_variance, t, x_t))
+            log_variance = Tensor(self._coefficient("fixed_log_variance", t, x_t))
         pred_x0 = self.predict_x0(x_t, t, eps)
         if clip_denoised:
             pred_x0 = F.where(pred_x0.data > 1, 1.0, F.where(pred_x0.data < -1, -1.0, pred_x0))
-        mean = (self._coefficient(self.posterior_mean_coef1, t, x_t) * pred_x0
-                + self._coefficient(self.posterior_mean_coef2, t, x_t) * x_t)
+        mean = (self._coefficient("posterior_mean_coef1", t, x_t) * pred_x0
+                + self._coefficient("posterior_mean_coef2", t, x_t) * x_t)
         return {"mean": mean, "variance": F.exp(log_variance), "log_variance": log_variance,
                 "pred_x0": pred_x0, "eps": eps}
 
@@ -546,15 +608,20 @@ class GaussianDiffusion:
         if len(terms) == 1:
             return terms[0]
         kl_bits, nll_bits = terms
-        condition = backend.array_module_of(x0).asarray(is_first)
+        condition = self._steps_on_device_of(t, x0) == 0
         return F.where(condition, nll_bits, kl_bits)
 
     def training_losses(self, model, x0, t, noise=None, y=None, rng=None) -> dict:
         """The DDPM loss for a batch x_0 at step indices t (N,).
 
         x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (ε drawn from ``rng`` unless given); the model predicts
-        [ε̂, v].  Returns "loss": Tensor scalar = mean_n(mse_n + vb_n) ("hybrid") or mean_n mse_n
-        ("mse"); "mse" and (hybrid) "vb": per-sample NumPy arrays for logging; "t": the steps.
+        [ε̂, v].  Returns a dict:
+          "loss": Tensor scalar, mean_n(mse_n + vb_n) ("hybrid") or mean_n mse_n ("mse");
+          "mse": array (N,) of mse_n on x0's device (the model's), in the model output's dtype, detached;
+          "vb": (hybrid only) array (N,) of vb_n in bits/dim, likewise on the device, detached;
+          "t": the steps, a NumPy int64 array (N,).
+        "mse" and "vb" stay on the device so that no step waits for a copy; fetch them for logging
+        together with the loss (e.g. one ``backend.to_numpy`` of a stacked array).
         """
         x0_data = _data(x0)
         if x0_data.ndim < 2:
@@ -571,11 +638,11 @@ class GaussianDiffusion:
         output = self._call_model(model, x_t, t, _labels(y, batch))
         eps, v = self._split_output(output, x0_data.shape[1])
         mse = epsilon_mse(eps, noise)
-        terms = {"mse": backend.to_numpy(mse.data).astype(np.float64), "t": t}
+        terms = {"mse": mse.data, "t": t}
         per_sample = mse
         if self.loss == "hybrid":
             vb = self._vb_from_parts(eps.detach(), v, x0_data, x_t, t)
-            terms["vb"] = backend.to_numpy(vb.data).astype(np.float64)
+            terms["vb"] = vb.data
             per_sample = mse + vb
         terms["loss"] = F.mean(per_sample)
         return terms
@@ -658,8 +725,8 @@ class GaussianDiffusion:
     def _ddim_step(self, x, t: np.ndarray, out: dict, eta: float, gaussian):
         pred_x0 = out["pred_x0"].data
         eps = self.predict_eps_from_x0(x, t, pred_x0)  # equals ε̂ unless x̂_0 was clipped
-        alpha_bar = self._coefficient(self.alphas_cumprod, t, x)
-        alpha_bar_prev = self._coefficient(self.alphas_cumprod_prev, t, x)
+        alpha_bar = self._coefficient("alphas_cumprod", t, x)
+        alpha_bar_prev = self._coefficient("alphas_cumprod_prev", t, x)
         xp = backend.array_module_of(x)
         sigma = eta * xp.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * xp.sqrt(1 - alpha_bar / alpha_bar_prev)
         x_prev = pred_x0 * xp.sqrt(alpha_bar_prev) + xp.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
@@ -679,8 +746,8 @@ class GaussianDiffusion:
             output = self._guided_or_plain_output(model, x, t, _labels(y, x.shape[0]), cfg_scale, num_classes)
         eps = output.data[:, :x.shape[1]]
         xp = backend.array_module_of(x)
-        alpha_bar = self._coefficient(self.alphas_cumprod, t, x)
-        alpha_bar_prev = self._coefficient(self.alphas_cumprod_prev, t, x)
+        alpha_bar = self._coefficient("alphas_cumprod", t, x)
+        alpha_bar_prev = self._coefficient("alphas_cumprod_prev", t, x)
         pred_x0 = (x - xp.sqrt(1 - alpha_bar_prev) * eps) / xp.sqrt(alpha_bar_prev)
         if clip_denoised:
             pred_x0 = xp.clip(pred_x0, -1, 1)

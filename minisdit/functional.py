@@ -348,6 +348,24 @@ class Transpose(Function):
         return g.transpose(tuple(np.argsort(self.order)))
 
 
+class BroadcastTo(Function):
+    """y = x broadcast to ``shape`` (NumPy's rules);  dL/dx = g summed back to x's shape (unbroadcast).
+
+    A value used by every entry of a new or stretched axis receives the sum of their gradients.
+    """
+
+    shape = None
+
+    def forward(self, x):
+        self.input_shape = x.shape
+        # a copy: NumPy's broadcast view is read-only and has zero strides, which a raw CUDA
+        # kernel taking the array's pointer would misread
+        return _xp(x).broadcast_to(x, self.shape).copy()
+
+    def backward(self, g):
+        return unbroadcast(g, self.input_shape)
+
+
 def _is_basic_index(index) -> bool:
     parts = index if isinstance(index, tuple) else (index,)
     return all(isinstance(part, (int, np.integer, slice)) or part is None or part is Ellipsis for part in parts)
@@ -598,6 +616,17 @@ def pow(x, exponent):  # noqa: A001
     if isinstance(exponent, Tensor):
         raise TypeError("pow takes a constant exponent; use exp(b * log(a)) for a tensor exponent")
     return Pow.apply(x, exponent=float(exponent))
+
+
+def broadcast_to(x, shape):
+    """x repeated along new leading axes and stretched size-1 axes, as ``numpy.broadcast_to``."""
+    shape = tuple(int(size) for size in shape)
+    compatible = len(x.shape) <= len(shape) and all(
+        size in (1, target) for size, target in zip(reversed(x.shape), reversed(shape)))
+    if not compatible:
+        raise ValueError(f"cannot broadcast shape {x.shape} to {shape}: aligned from the right, each axis of x "
+                         "must be 1 or equal the target's")
+    return BroadcastTo.apply(x, shape=shape)
 
 
 def permute(x, axes):

@@ -1,13 +1,16 @@
-"""kernels/ddpm_loss.cu (q_sample, the ε-MSE forward and backward) against the NumPy references in
-minisdit.diffusion: the .cu source run on the CPU via cuda.cpu_kernels (odd sizes, several
-blocks, a grid too small so that the grid-stride loop wraps), compiled with NVRTC, and on a GPU."""
+"""kernels/ddpm_loss.cu (q_sample, the squared error of the ε-MSE and its backward) against the NumPy
+references in minisdit.diffusion: the .cu source run on the CPU via cuda.cpu_kernels (odd sizes,
+several blocks, a grid too small so that the grid-stride loop wraps), compiled with NVRTC, the
+device branch of the diffusion run on the CPU build of the kernels, and on a GPU."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from minisdit import Tensor, backend, cuda
 from minisdit.diffusion import (EpsilonMSE, GaussianDiffusion, epsilon_mse_backward_reference,
-                                epsilon_mse_reference, fused_q_sample, q_sample_reference)
+                                epsilon_mse_reference, fused_q_sample, q_sample_reference, squared_error_reference)
 
 FAST = settings(max_examples=25, deadline=None)
 SCALARS = {"float": np.float32, "double": np.float64}
@@ -15,6 +18,7 @@ TOLERANCE = {"float": dict(rtol=2e-6, atol=1e-6), "double": dict(rtol=1e-13, ato
 # (batch, per-sample shape): odd sizes, size-1 axes, and enough elements for several blocks
 SHAPES = [(1, (1, 1, 1)), (3, (1, 5, 7)), (7, (3, 11, 13)), (5, (2, 1, 9)), (300, (1, 1, 1)), (2, (3, 28, 28))]
 LAUNCHES = [(None, 64), (2, 32), (1, 256)]  # None: enough blocks for one thread per item
+KERNELS = ("ddpm_q_sample", "ddpm_squared_error", "ddpm_epsilon_mse_backward")
 
 
 def launch(items, blocks, threads):
@@ -52,11 +56,13 @@ def test_epsilon_mse_kernels_on_cpu_match_numpy(scalar_t, batch, sample_shape, b
     kernels = cuda.cpu_kernels("ddpm_loss.cu", {"scalar_t": scalar_t})
     sizes = (np.int32(batch), np.int32(predicted[0].size))
 
-    loss = np.full(batch, np.nan, dtype=dtype)
-    kernels["ddpm_epsilon_mse_forward"](*launch(batch, blocks, threads), (predicted, target, loss, *sizes))
-    # the kernel sums in double: compare with the float64 reference rounded to the output dtype
-    expected = epsilon_mse_reference(predicted.astype(np.float64), target.astype(np.float64)).astype(dtype)
-    np.testing.assert_allclose(loss, expected, **TOLERANCE[scalar_t])
+    squared_error = np.full_like(predicted, np.nan)
+    kernels["ddpm_squared_error"](*launch(predicted.size, blocks, threads),
+                                  (predicted, target, squared_error, np.int64(predicted.size)))
+    np.testing.assert_allclose(squared_error, squared_error_reference(predicted, target), **TOLERANCE[scalar_t])
+    # the per-sample mean as EpsilonMSE takes it, with the array module's reduction
+    np.testing.assert_allclose(squared_error.reshape(batch, -1).mean(axis=1), epsilon_mse_reference(predicted, target),
+                               **TOLERANCE[scalar_t])
 
     grad = np.full_like(predicted, np.nan)
     kernels["ddpm_epsilon_mse_backward"](*launch(predicted.size, blocks, threads),
@@ -69,6 +75,7 @@ def test_numpy_references_read_like_the_equations():
     rng = np.random.default_rng(0)
     predicted, target = rng.standard_normal((2, 4, 3, 2, 5))
     g = rng.standard_normal(4)
+    np.testing.assert_allclose(squared_error_reference(predicted, target), (predicted - target) ** 2)
     for n in range(4):
         assert np.isclose(epsilon_mse_reference(predicted, target)[n], np.mean((predicted[n] - target[n]) ** 2))
         np.testing.assert_allclose(epsilon_mse_backward_reference(predicted, target, g)[n],
@@ -83,8 +90,15 @@ def test_numpy_references_read_like_the_equations():
 @pytest.mark.parametrize("scalar_t", list(SCALARS))
 def test_kernels_compile_with_nvrtc(scalar_t):
     ptx = cuda.nvrtc_compile(cuda.kernel_source("ddpm_loss.cu"), {"scalar_t": scalar_t}, name="ddpm_loss.cu")
-    for name in ("ddpm_q_sample", "ddpm_epsilon_mse_forward", "ddpm_epsilon_mse_backward"):
+    for name in KERNELS:
         assert f".entry {name}(" in ptx
+    if scalar_t == "float":
+        # the float variant must not fall back to double arithmetic (10-60x slower on most GPUs)
+        assert re.search(r"\.f64\b", ptx) is None
+
+
+def test_every_kernel_is_tested():
+    assert set(cuda.kernel_signatures(cuda.kernel_source("ddpm_loss.cu"))) == set(KERNELS)
 
 
 class _CpuPretendingToBeGpu:
@@ -119,13 +133,73 @@ def test_device_dispatch_launches_the_kernels_correctly(monkeypatch, dtype):
     function = EpsilonMSE()
     function.needs_input_grad = (True, True)
     loss = function.forward(x0[:, :1], noise[:, :1])  # a channel slice: not contiguous
-    expected = epsilon_mse_reference(x0[:, :1].astype(np.float64), noise[:, :1].astype(np.float64)).astype(dtype)
-    np.testing.assert_allclose(loss, expected, **TOLERANCE[scalar_t])
+    assert loss.dtype == dtype
+    np.testing.assert_allclose(loss, epsilon_mse_reference(x0[:, :1], noise[:, :1]), **TOLERANCE[scalar_t])
     g = rng.standard_normal(5).astype(dtype)
     grad_predicted, grad_target = function.backward(g)
     expected_grad = epsilon_mse_backward_reference(x0[:, :1], noise[:, :1], g)
     np.testing.assert_allclose(grad_predicted, expected_grad, **TOLERANCE[scalar_t])
     np.testing.assert_array_equal(grad_target, -grad_predicted)
+
+
+class _CountingNumpy:
+    """NumPy as the "device" array module, counting host-to-device copies of step indices and of whole
+    schedules (arrays of num_timesteps entries) made by ``asarray``."""
+
+    def __init__(self, num_timesteps):
+        self.num_timesteps, self.step_copies, self.schedule_copies = num_timesteps, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def asarray(self, array, *args, **kwargs):
+        if isinstance(array, np.ndarray) and array.dtype.kind in "iu":
+            self.step_copies += 1
+        elif isinstance(array, np.ndarray) and array.shape == (self.num_timesteps,):
+            self.schedule_copies += 1
+        return np.asarray(array, *args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_branch_of_training_and_sampling(monkeypatch, dtype):
+    """The whole device branch of training_losses and p_mean_variance (schedules kept on the device,
+    t copied once per step, the ε-MSE kernels) gives the NumPy branch's results; a training step
+    copies only its t, and the schedules only once per dtype."""
+    from minisdit import diffusion as diffusion_module
+    from minisdit import functional as F
+
+    def model(x, t, y):  # a fixed map with the [ε, v] layout
+        return F.concat([0.7 * x + 0.05, 0.3 - 0.2 * x], axis=1)
+
+    rng = np.random.default_rng(3)
+    x0 = (rng.integers(0, 256, (5, 2, 3, 7)) / 127.5 - 1).astype(dtype)
+    noise = rng.standard_normal(x0.shape).astype(dtype)
+    steps = [np.array([0, 1, 500, 998, 999]), np.array([3, 3, 0, 17, 250])]
+    cpu = [GaussianDiffusion().training_losses(model, Tensor(x0), t, noise=noise) for t in steps]
+    cpu_sampling = GaussianDiffusion().p_mean_variance(model, x0, steps[0])
+
+    counting = _CountingNumpy(1000)
+    fake_backend = _CpuPretendingToBeGpu()
+    fake_backend.array_module_of = lambda array: counting
+    monkeypatch.setattr(diffusion_module, "backend", fake_backend)
+    monkeypatch.setattr(diffusion_module.cuda, "gpu_function",
+                        lambda file, name, defines: cuda.cpu_kernels(file, defines)[name])
+    diffusion = GaussianDiffusion()
+    tolerance = TOLERANCE["float" if dtype == np.float32 else "double"]
+    for index, (t, expected) in enumerate(zip(steps, cpu)):
+        before = (counting.step_copies, counting.schedule_copies)
+        got = diffusion.training_losses(model, Tensor(x0), t, noise=noise)
+        assert counting.step_copies - before[0] == 1
+        if index > 0:
+            assert counting.schedule_copies == before[1]  # kept from the first step
+        for name in ("mse", "vb"):
+            assert got[name].dtype == dtype
+            np.testing.assert_allclose(got[name], expected[name], **tolerance)
+        np.testing.assert_allclose(got["loss"].item(), expected["loss"].item(), **tolerance)
+    assert counting.schedule_copies > 0
+    sampling = diffusion.p_mean_variance(model, x0, steps[0])
+    for name in ("mean", "log_variance", "pred_x0"):
+        np.testing.assert_allclose(sampling[name].numpy(), cpu_sampling[name].numpy(), **tolerance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +225,7 @@ def test_gpu_paths_match_numpy(batch, channels, height, width, dtype, seed):
     loss = EpsilonMSE.apply(predicted, Tensor(on_gpu[1]))
     g = rng.standard_normal(batch).astype(dtype)
     loss.backward(backend.to_device(g, "gpu"))
+    # CuPy's reduction and NumPy's pairwise sum round differently: compare both with the float64 sum
     expected = epsilon_mse_reference(x0.astype(np.float64), noise.astype(np.float64)).astype(dtype)
     np.testing.assert_allclose(loss.numpy(), expected, **tolerance)
     np.testing.assert_allclose(backend.to_numpy(predicted.grad), epsilon_mse_backward_reference(x0, noise, g),
@@ -174,4 +249,6 @@ def test_gpu_training_loss_equals_cpu():
     gpu = diffusion.training_losses(model, Tensor(backend.to_device(x0, "gpu")), t,
                                     noise=backend.to_device(noise, "gpu"))
     np.testing.assert_allclose(gpu["loss"].item(), cpu["loss"].item(), rtol=1e-12)
-    np.testing.assert_allclose(gpu["vb"], cpu["vb"], rtol=1e-10)
+    assert backend.is_gpu_array(gpu["mse"]) and backend.is_gpu_array(gpu["vb"])  # left on the device
+    np.testing.assert_allclose(backend.to_numpy(gpu["mse"]), cpu["mse"], rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(gpu["vb"]), cpu["vb"], rtol=1e-10)

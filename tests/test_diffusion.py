@@ -100,6 +100,29 @@ def test_q_sample_closed_form(shape, dtype, seed):
     np.testing.assert_array_equal(as_tensor.numpy(), x_t)
 
 
+def test_coefficients_are_the_float64_schedule_indexed_then_cast():
+    """Per-sample coefficients are the float64 schedule at t cast to the data's dtype, bit for bit,
+    in whichever order dtypes and steps come (the cast copies are kept per dtype, the last t is
+    reused), and a replaced schedule array is picked up."""
+    d = GaussianDiffusion()
+    rng = np.random.default_rng(4)
+
+    def column(values, t, dtype):
+        return values[t].astype(dtype).reshape(-1, 1, 1, 1)
+
+    for dtype, t in [(np.float32, [0, 7, 999, 7]), (np.float64, [0, 7, 999, 7]), (np.float32, [5, 1, 2, 3]),
+                     (np.float32, [5, 1, 2, 3])]:
+        t = np.array(t)
+        x0, noise = (rng.standard_normal((4, 1, 3, 2)).astype(dtype) for _ in range(2))
+        np.testing.assert_array_equal(d.q_sample(x0, t, noise), column(d.sqrt_alphas_cumprod, t, dtype) * x0
+                                      + column(d.sqrt_one_minus_alphas_cumprod, t, dtype) * noise)
+        np.testing.assert_array_equal(d.predict_x0(x0, t, noise), column(d.sqrt_recip_alphas_cumprod, t, dtype) * x0
+                                      - column(d.sqrt_recipm1_alphas_cumprod, t, dtype) * noise)
+    d.sqrt_recip_alphas_cumprod = 2.0 * d.sqrt_recip_alphas_cumprod
+    np.testing.assert_array_equal(d.predict_x0(x0, t, noise), column(d.sqrt_recip_alphas_cumprod, t, dtype) * x0
+                                  - column(d.sqrt_recipm1_alphas_cumprod, t, dtype) * noise)
+
+
 def test_q_sample_summarises_the_markov_chain():
     """x_t = √(1−β_t) x_{t−1} + √β_t z_t, step by step, has the marginal N(√ᾱ_t x_0, 1 − ᾱ_t)."""
     rng = np.random.default_rng(0)
@@ -262,6 +285,11 @@ def test_training_loss_gradients_split_between_eps_and_v():
     per_sample = 2 * 3 * 5
     np.testing.assert_allclose(eps_hat.grad, 2 * (eps_hat.data - noise) / per_sample / 4, rtol=1e-12)
     np.testing.assert_allclose(terms["mse"], ((eps_hat.data - noise) ** 2).reshape(4, -1).mean(axis=1), rtol=1e-12)
+    # per-sample terms stay arrays on the data's device (NumPy here), detached, one per sample
+    assert sorted(terms) == ["loss", "mse", "t", "vb"]
+    for name in ("mse", "vb"):
+        assert isinstance(terms[name], np.ndarray) and terms[name].shape == (4,) and terms[name].dtype == np.float64
+    np.testing.assert_array_equal(terms["t"], t)
     assert terms["loss"].item() == pytest.approx(np.mean(terms["mse"] + terms["vb"]), rel=1e-12)
     x_t = DIFFUSION.q_sample(x0, t, noise)
     v_alone = Tensor(v.data, requires_grad=True)
@@ -304,6 +332,22 @@ def test_space_timesteps_follows_iddpm_rule_by_hand():
         space_timesteps(10, [6, 1])
     with pytest.raises(ValueError, match="positive"):
         space_timesteps(10, [0])
+
+
+@pytest.mark.parametrize("bad", ["ddimx", "250,", "", "ddim", "1.5", "ten", 250.0, [2.5], None, True])
+def test_space_timesteps_rejects_malformed_section_counts_in_one_line(bad):
+    with pytest.raises(ValueError) as caught:
+        space_timesteps(1000, bad)
+    message = str(caught.value)
+    assert message == ("section_counts must be an int, a list, a comma string like '10,15' or 'ddimN'; "
+                       f"got {bad!r}")
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+def test_space_timesteps_accepts_spaces_and_numpy_integers():
+    assert space_timesteps(10, " 2, 3 ") == space_timesteps(10, [np.int64(2), np.int32(3)]) == [0, 4, 5, 7, 9]
+    assert space_timesteps(10, np.array([2, 3])) == [0, 4, 5, 7, 9]
+    assert space_timesteps(10, np.int64(2)) == [0, 9]
 
 
 @FAST
@@ -481,9 +525,8 @@ def test_guidance_formula_and_scale_one():
 def test_guided_sampling_equals_sampling_the_guided_model():
     y = np.array([2, 0, 1])
     model = FakeModel(labelled_model, num_classes=3)
-    plain = DIFFUSION.p_sample_loop(model, (3, 1, 2, 2), y=y, steps=10, seed=3)
+    DIFFUSION.p_sample_loop(model, (3, 1, 2, 2), y=y, steps=10, seed=3, cfg_scale=1.0)
     assert all(call["batch"] == 3 for call in model.calls)  # scale 1: the null batch is not run
-    np.testing.assert_allclose(DIFFUSION.p_sample_loop(model, (3, 1, 2, 2), y=y, steps=10, seed=3, cfg_scale=1.0), plain)
 
     def guided(x, t, labels, scale=2.5):
         c, u = labelled_model(x, t, labels), labelled_model(x, t, np.full(len(labels), 3))
@@ -498,6 +541,17 @@ def test_guided_sampling_equals_sampling_the_guided_model():
 # ---------------------------------------------------------------------------------------------
 # fixed variance, clipping and errors
 # ---------------------------------------------------------------------------------------------
+def test_training_losses_in_float32_keep_the_data_dtype():
+    rng = np.random.default_rng(1)
+    x0 = quantised_images(rng, (3, 1, 4, 4)).astype(np.float32)
+    noise = rng.standard_normal(x0.shape).astype(np.float32)
+    t = np.array([0, 5, 999])
+    terms = DIFFUSION.training_losses(FakeModel(linear_model), Tensor(x0), t, noise=noise)
+    assert terms["mse"].dtype == terms["vb"].dtype == np.float32 and terms["loss"].numpy().dtype == np.float32
+    eps_hat = linear_model(DIFFUSION.q_sample(x0, t, noise), t, None)[:, :1]
+    np.testing.assert_allclose(terms["mse"], ((eps_hat - noise) ** 2).mean(axis=(1, 2, 3)), rtol=2e-6)
+
+
 def test_fixed_variance_and_plain_mse_loss():
     d = GaussianDiffusion(learn_sigma=False, loss="mse")
     rng = np.random.default_rng(0)

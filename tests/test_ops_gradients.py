@@ -461,3 +461,27 @@ def test_embedding(device, rows, dim, index_shape, seed):
     indices = rng.integers(0, rows, size=index_shape)  # repeats are likely: their gradients must add up
     indices_on_device = backend.to_device(indices, device)
     check_op(device, lambda t: F.embedding(indices_on_device, t), [table], table[indices])
+
+
+@st.composite
+def broadcast_shapes(draw):
+    """An input shape and a target it broadcasts to: new leading axes and stretched size-1 axes."""
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3))
+    leading = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    stretched = tuple(draw(st.integers(1, 4)) if size == 1 else size for size in shape)
+    return shape, leading + stretched
+
+
+@given(shapes=broadcast_shapes(), seed=seeds)
+def test_broadcast_to(device, shapes, seed):
+    shape, target = shapes
+    x = normal(np.random.default_rng(seed), shape)
+    # the backward sums the gradient over every repeated copy: gradcheck compares it with differences
+    check_op(device, lambda t: F.broadcast_to(t, target), [x], np.broadcast_to(x, target))
+
+
+def test_broadcast_to_says_which_shapes_do_not_fit():
+    with pytest.raises(ValueError, match=r"cannot broadcast shape \(2, 3\) to \(2, 4\)"):
+        F.broadcast_to(Tensor(np.zeros((2, 3))), (2, 4))
+    with pytest.raises(ValueError, match=r"cannot broadcast shape \(2, 3\) to \(3,\)"):
+        F.broadcast_to(Tensor(np.zeros((2, 3))), (3,))

@@ -3,6 +3,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings, strategies as st
 
 from minisdit import Tensor
 from minisdit import functional as F
@@ -59,24 +60,99 @@ def test_state_dict_names_and_shapes_follow_design():
     assert {name: value.shape for name, value in state.items()} == expected
 
 
+def _assert_uniform(values, bound, what):
+    """U(-bound, bound): nothing beyond the bound, and the largest |value| close to it.
+
+    With n independent draws, P(max |w| < 0.9 bound) = 0.9^n; every array checked here has n >= 300,
+    so that chance is below 1e-13 and a smaller bound would be caught.
+    """
+    largest = np.abs(values).max()
+    assert values.size >= 300, what
+    assert 0.9 * bound < largest <= bound, f"{what}: max |w| = {largest}, Xavier/uniform bound {bound}"
+
+
+def _assert_normal(values, std, what):
+    """N(0, std^2): sample mean and standard deviation within 5 standard errors (std/sqrt(n), std/sqrt(2n))."""
+    n = values.size
+    assert abs(values.mean()) < 5 * std / np.sqrt(n), f"{what}: mean {values.mean()}"
+    assert abs(values.std() - std) < 5 * std / np.sqrt(2 * n), f"{what}: std {values.std()}, want {std}"
+
+
+def _xavier_bound(fan_in, fan_out):
+    return np.sqrt(6.0 / (fan_in + fan_out))
+
+
 def test_initialisation_rules():
-    model = sdit_from_preset("tiny", in_channels=1, seed=3)
+    """DESIGN.md section 3, Initialisation (the RWKV vectors and projections are checked in test_rwkv_modules)."""
+    channels, d, p, m = 3, 64, 4, 50
+    model = sdit_from_preset("tiny", in_channels=channels, seed=3)
     assert np.all(model.pos_embed.numpy() == 0)
-    assert np.all(model.mid_block.recon_token.numpy() == 1)
-    assert np.all(model.final_layer.linear.weight.numpy() == 0)
-    bound = 1 / np.sqrt(18)
-    conv = model.final_layer.conv
-    assert np.abs(conv.weight.numpy()).max() <= bound and np.abs(conv.bias.numpy()).max() <= bound
+    blocks = [*model.in_blocks, model.mid_block, *model.out_blocks]
+    for block in blocks:
+        assert np.all(block.recon_token.numpy() == 1)
+        # Reconstruction Module: fc_a (D -> M) and fc_b (M -> D) Xavier-uniform, biases zero
+        for layer, (fan_in, fan_out) in ((block.recon.fc_a, (d, m)), (block.recon.fc_b, (m, d))):
+            _assert_uniform(layer.weight.numpy(), _xavier_bound(fan_in, fan_out), "recon Linear")
+            assert np.all(layer.bias.numpy() == 0)
+    for block in model.out_blocks:  # the long-skip Linear(2D -> D)
+        _assert_uniform(block.skip_linear.weight.numpy(), _xavier_bound(2 * d, d), "skip_linear")
+        assert np.all(block.skip_linear.bias.numpy() == 0)
+    # patch conv: Xavier on the weight seen as a (D, C p^2) matrix, zero bias
+    patch = model.x_embedder.proj
+    assert patch.weight.shape == (d, channels, p, p)
+    _assert_uniform(patch.weight.numpy(), _xavier_bound(channels * p * p, d), "patch conv")
+    assert np.all(patch.bias.numpy() == 0)
+    # timestep MLP weights N(0, 0.02^2), biases zero
+    for layer in (model.t_embedder.mlp[0], model.t_embedder.mlp[2]):
+        _assert_normal(layer.weight.numpy(), 0.02, "timestep MLP")
+        assert np.all(layer.bias.numpy() == 0)
+    # label table N(0, 0.02^2), the "no class" row (index num_classes) included
     table = model.y_embedder.embedding_table.weight.numpy()
-    assert abs(table.std() - 0.02) < 0.005
+    assert table.shape == (11, d)
+    _assert_normal(table, 0.02, "label table")
+    _assert_normal(table[10], 0.02, "label table null row")
+    assert np.all(model.final_layer.linear.weight.numpy() == 0) and np.all(model.final_layer.linear.bias.numpy() == 0)
+    # final 3x3 conv (2C -> 2C): PyTorch's default U(-1/sqrt(18 C), 1/sqrt(18 C)) for weight and bias
+    bound = 1 / np.sqrt(18 * channels)
+    conv = model.final_layer.conv
+    _assert_uniform(conv.weight.numpy(), bound, "final conv")
+    assert np.abs(conv.bias.numpy()).max() <= bound and np.all(conv.bias.numpy() != 0)
     # the RWKV projections keep PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    key = model.in_blocks[0].att.key.weight.numpy()
-    assert np.abs(key).max() <= 1 / np.sqrt(64) and np.abs(key).max() > 0.9 / np.sqrt(64)
+    _assert_uniform(model.in_blocks[0].att.key.weight.numpy(), 1 / np.sqrt(d), "att.key")
     # at initialisation the output is the final conv's bias everywhere (zero final Linear)
     model.eval()
-    out = model(Tensor(np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)),
+    out = model(Tensor(np.random.default_rng(0).standard_normal((2, channels, 28, 28)).astype(np.float32)),
                 np.array([1, 999]), np.array([0, 9])).numpy()
     np.testing.assert_allclose(out, np.broadcast_to(conv.bias.numpy()[None, :, None, None], out.shape), atol=1e-6)
+
+
+def _small_model():
+    return SDiT(input_size=8, patch_size=4, hidden_size=8, depth=2, num_classes=10, seed=0).eval()
+
+
+@pytest.mark.parametrize("t,y,message", [
+    ([1, 2, 3], [0, 1], r"t must be an integer array of shape \(2,\), one diffusion step per image; got int64 of shape \(3,\)"),
+    ([1.0, 2.0], [0, 1], r"t must be an integer array of shape \(2,\).*got float64"),
+    (5, [0, 1], r"t must be an integer array of shape \(2,\).*shape \(\)"),
+    ([3, -1], [0, 1], r"t must hold diffusion steps >= 0, got -1"),
+    ([1, 2], [0, 11], r"y must hold class labels in 0\.\.10 \(10 means 'no class'\), got values 0\.\.11"),
+    ([1, 2], [-1, 4], r"y must hold class labels in 0\.\.10.*got values -1\.\.4"),
+    ([1, 2], [0.0, 1.0], r"y must be an integer array of shape \(2,\), one class label per image.*got float64"),
+    ([1, 2], [[0, 1]], r"y must be an integer array of shape \(2,\).*shape \(1, 2\)"),
+    ([1, 2], None, r"y must be an integer array of shape \(2,\)"),
+])
+def test_forward_rejects_bad_steps_and_labels(t, y, message):
+    x = Tensor(np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=message):
+        _small_model()(x, np.array(t) if t is not None else t, np.array(y) if y is not None else y)
+
+
+def test_forward_accepts_the_no_class_label_and_any_nonnegative_step():
+    model = _small_model()
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32))
+    # y = num_classes is "no class" (classifier-free guidance); t is not limited to 0..999
+    out = model(x, np.array([0, 4000]), np.array([10, 9], dtype=np.int32)).numpy()
+    assert out.shape == (2, 2, 8, 8) and np.all(np.isfinite(out))
 
 
 def test_depth_must_be_even():
@@ -133,38 +209,44 @@ def _smooth(model):
     return model
 
 
-def _tiny_float64_model(**options):
-    model = SDiT(input_size=8, patch_size=4, in_channels=1, hidden_size=8, depth=2, num_classes=3, seed=0, **options)
+# (input size, patch size): L = 1, 4, 9 and 4 patches, odd patches, an odd image
+IMAGE_AND_PATCH = [(4, 4), (4, 2), (6, 2), (6, 3), (8, 4)]
+
+
+@settings(max_examples=4, deadline=None)
+@example(batch=2, channels=1, hidden=4, image_patch=(4, 2), depth=4, reconstruction=True, num_classes=3, seed=0)
+@given(batch=st.integers(1, 3), channels=st.integers(1, 2), hidden=st.integers(3, 5),
+       image_patch=st.sampled_from(IMAGE_AND_PATCH), depth=st.sampled_from([2, 4]), reconstruction=st.booleans(),
+       num_classes=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_whole_model_gradient_every_parameter(batch, channels, hidden, image_patch, depth, reconstruction,
+                                              num_classes, seed):
+    """d(output)/d(image) and d(output)/d(every parameter) against central differences, in float64."""
+    input_size, patch_size = image_patch
+    model = SDiT(input_size=input_size, patch_size=patch_size, in_channels=channels, hidden_size=hidden, depth=depth,
+                 num_classes=num_classes, reconstruction=reconstruction, seed=seed % 1000)
     model = _smooth(model).to(dtype=np.float64).eval()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     for parameter in model.parameters():  # move off the special initial values (zeros, ones)
         parameter.data = parameter.data + 0.1 * rng.standard_normal(parameter.shape)
-    return model
+    x = rng.standard_normal((batch, channels, input_size, input_size))
+    t, y = rng.integers(0, 1000, batch), rng.integers(0, num_classes + 1, batch)  # y may be "no class"
+    # each forward costs ~10 ms of Python, so the image and every parameter array are checked along one
+    # random direction (a wrong gradient shows along almost every direction); the directions change with seed
+    report = gradcheck_module(model, [x], forward=lambda image: model(image, t, y), max_dense=1, num_directions=1,
+                              seed=seed)
+    assert report.checks == 1 + len(model.parameters())  # every parameter array was checked
 
 
-def test_whole_model_gradient_every_parameter_group():
-    model = _tiny_float64_model()
-    x = np.random.default_rng(2).standard_normal((2, 1, 8, 8))
-    t, y = np.array([3, 700]), np.array([0, 2])
-    # the image entry by entry, every parameter group along two random directions
-    report = gradcheck_module(model, [x], forward=lambda image: model(image, t, y), max_dense=8, num_directions=2)
-    assert report.checks == 2 + sum(p.size if p.size <= 8 else 2 for p in model.parameters())
-
-
-def test_whole_model_gradient_without_reconstruction():
-    model = _tiny_float64_model(reconstruction=False)
-    x = np.random.default_rng(3).standard_normal((2, 1, 8, 8))
-    gradcheck_module(model, [x], forward=lambda image: model(image, np.array([5, 50]), np.array([1, 1])),
-                     max_dense=8, num_directions=2)
-
-
-def test_reconstruction_module_gradient_alone():
-    rng = np.random.default_rng(4)
-    module = ReconstructionModule(hidden_size=5, num_tokens=4, rng=rng).to(dtype=np.float64)
+@settings(max_examples=6, deadline=None)
+@given(batch=st.integers(1, 3), hidden=st.integers(1, 5), tokens=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+def test_reconstruction_module_gradient_alone(batch, hidden, tokens, seed):
+    rng = np.random.default_rng(seed)
+    module = ReconstructionModule(hidden_size=hidden, num_tokens=tokens, rng=rng).to(dtype=np.float64)
     for parameter in module.parameters():
         parameter.data = rng.standard_normal(parameter.shape)
-    report = gradcheck_module(module, [rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))], max_dense=64)
-    assert report.checks == 2 * 60 + module.num_parameters()  # every entry checked
+    x_hat, r_hat = rng.standard_normal((batch, tokens, hidden)), rng.standard_normal((batch, tokens, hidden))
+    report = gradcheck_module(module, [x_hat, r_hat], max_dense=75)
+    assert report.checks == 2 * x_hat.size + module.num_parameters()  # every entry checked
 
 
 def test_reconstruction_module_matches_its_formula():

@@ -398,7 +398,6 @@ def test_resume_at_the_end_changes_nothing(reference, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.gpu
 def test_training_and_sampling_on_the_gpu(tmp_path):
     from minisdit import sample
 

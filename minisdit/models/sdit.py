@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 
+from .. import backend
 from .. import functional as F
 from .. import nn
 from ..rwkv import ChannelMix, TimeMix
@@ -154,8 +155,8 @@ class SDiTBlock(nn.Module):
         n, m, d = x.shape
         z = x
         if self.reconstruction:
-            # the (M, D) token matrix is shared by the batch: broadcasting makes its gradient the batch sum
-            tokens = F.reshape(self.recon_token, (1, m, d)) + Tensor(x.xp.zeros((n, 1, 1), dtype=x.dtype))
+            # one (M, D) token matrix shared by the batch: its gradient is the sum over the batch
+            tokens = F.broadcast_to(self.recon_token, (n, m, d))
             z = F.concat([x, tokens], axis=1)
         z = z + self.att_neuron(self.att(F.layer_norm(z, eps=1e-6)))
         z = z + self.ffn_neuron(self.ffn(F.layer_norm(z, eps=1e-6)))
@@ -222,10 +223,20 @@ class SDiT(nn.Module):
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, rng)
 
     def forward(self, x, t, y):
+        """x: images (N, C, H, W); t: integer steps (N,), any t >= 0 (the diffusion's original step,
+        0..999 for 1000 steps); y: integer labels (N,) in 0..num_classes, num_classes meaning "no class"."""
         if not isinstance(x, Tensor):
             x = Tensor(x)
         if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.input_size, self.input_size):
             raise ValueError(f"SDiT expects images (N, {self.in_channels}, {self.input_size}, {self.input_size}), got {x.shape}")
+        n = x.shape[0]
+        t = _integer_array("t", t, n, "one diffusion step per image")
+        if t.size and t.min() < 0:
+            raise ValueError(f"t must hold diffusion steps >= 0, got {t.min()}")
+        y = _integer_array("y", y, n, f"one class label per image, {self.num_classes} meaning 'no class'")
+        if y.size and (y.min() < 0 or y.max() > self.num_classes):
+            raise ValueError(f"y must hold class labels in 0..{self.num_classes} ({self.num_classes} means 'no class'), "
+                             f"got values {y.min()}..{y.max()}")
         tokens = self.x_embedder(x)
         condition = self.t_embedder(t) + self.y_embedder(y, self.label_dropout_rng)
         n, _, d = tokens.shape
@@ -238,6 +249,16 @@ class SDiT(nn.Module):
         for block in self.out_blocks:
             z = block(z, skips.pop())
         return self.final_layer(z, self.grid_size)
+
+
+def _integer_array(name, values, batch, meaning):
+    """``values`` (NumPy, CuPy, a list or a Tensor) as a NumPy int64 array of shape (batch,), or a one-line error."""
+    values = values.data if isinstance(values, Tensor) else values
+    array = backend.to_numpy(values) if backend.is_gpu_array(values) else np.asarray(values)
+    if array.dtype.kind not in "iu" or array.shape != (batch,):
+        raise ValueError(f"{name} must be an integer array of shape ({batch},), {meaning}; "
+                         f"got {array.dtype} of shape {array.shape}")
+    return array.astype(np.int64)
 
 
 def sdit_from_preset(name: str, in_channels: int = 1, num_classes: int = 10, input_size: int = 28, **options) -> SDiT:
