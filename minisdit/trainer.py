@@ -226,16 +226,17 @@ class Trainer:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=noise, y=y)
             loss = losses["loss"]
-            loss_value = float(loss.item())
+            names = [name for name in ("mse", "vb") if name in losses]
+            # one device-to-host transfer for everything the log needs
+            values = backend.to_numpy(self.xp.stack([loss.data.reshape(())] + [losses[n].mean() for n in names]))
+            loss_value = float(values[0])
             if not math.isfinite(loss_value):
                 raise TrainingError(f"loss became {loss_value} at step {self.step + 1}; training stopped and "
                                     f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
             self.optimizer.zero_grad()
             loss.backward()
         record = {"step": self.step + 1, "loss": loss_value}
-        for name in ("mse", "vb"):
-            if name in losses:
-                record[name] = float(np.mean(backend.to_numpy(losses[name])))
+        record.update({name: float(value) for name, value in zip(names, values[1:])})
         return record
 
     def update(self, record: dict) -> dict:
