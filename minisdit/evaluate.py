@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--energy", action="store_true", help="also report firing rates and the 45 nm energy estimate")
     parser.add_argument("--json", default=None, help="where to write the results (default: <ckpt folder>/eval.json)")
+    from .train import add_cpu_arguments
+
+    add_cpu_arguments(parser)
     return parser
 
 
@@ -142,6 +145,8 @@ def run(args) -> int:
     unknown = [name for name in wanted if name not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    if args.device == "cpu":
+        backend.configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
     model, checkpoint = load_model(args.ckpt, device=args.device)
     dataset = checkpoint["config"]["dataset"]
     diffusion = GaussianDiffusion()

@@ -92,6 +92,9 @@ def build_parser():
     parser.add_argument("--no-ema", action="store_true", help="use the trained weights even when EMA weights exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", default="samples.png", help=".png (a grid) or .npz (uint8 images and labels)")
+    from .train import add_cpu_arguments
+
+    add_cpu_arguments(parser)
     return parser
 
 
@@ -135,6 +138,8 @@ def main(argv=None) -> int:
         check_arguments(args)
         device, reason = choose_device(args.device)
         print(reason, flush=True)
+        if device == "cpu":
+            backend.configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
         model, checkpoint = load_model(args.ckpt, device=device, use_ema=not args.no_ema)
         which = checkpoint["weights_used"]
         labels = parse_labels(args.labels, args.num, model.num_classes)

@@ -47,6 +47,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
+def add_cpu_arguments(parser):
+    """--blas-threads and --no-cpu-kernels, shared by train, sample and evaluate."""
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="BLAS threads on the CPU (default 1: SDiT's matrices are small, and extra BLAS threads "
+                             "competing for a few cores were 5-10x slower; 0 keeps the library's default)")
+    parser.add_argument("--no-cpu-kernels", action="store_true",
+                        help="on the CPU, run LIF and WKV with the NumPy references instead of kernels/*.cu compiled as C++")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m minisdit.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default=None, help="mnist (default), fashion-mnist or cifar10")
@@ -72,11 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (default 1: off)")
     parser.add_argument("--data-dir", default=None, help="where data sets are cached (default: $MINISDIT_DATA or ~/.cache/minisdit)")
     parser.add_argument("--num-train", type=int, default=None, help="use only the first N training images (quick experiments)")
-    parser.add_argument("--blas-threads", type=int, default=1,
-                        help="BLAS threads on the CPU (default 1: SDiT's matrices are small, and extra BLAS threads "
-                             "competing for a few cores were 5-10x slower; 0 keeps the library's default)")
-    parser.add_argument("--no-cpu-kernels", action="store_true",
-                        help="on the CPU, run LIF and WKV with the NumPy references instead of kernels/*.cu compiled as C++")
+    add_cpu_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal); print a line per logged step instead")
     return parser
 
@@ -191,16 +196,10 @@ def run(args) -> int:
     check_arguments(args)
     device, reason = choose_device(args.device)
     print(reason, flush=True)
-    if device == "cpu" and args.blas_threads > 0:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=args.blas_threads, user_api="blas")
-    if device == "cpu" and not args.no_cpu_kernels:
-        from . import cuda
-
-        if cuda.cpu_compiler() is not None:
-            cuda.use_cpu_kernels(True)
-            print("LIF and WKV run as kernels/*.cu compiled for the CPU (--no-cpu-kernels: NumPy references)", flush=True)
+    if device == "cpu":
+        message = backend.configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
+        if message:
+            print(message, flush=True)
 
     checkpoint = None
     if args.resume is not None:
