@@ -1,6 +1,7 @@
 """Training throughput (images/s) of each SDiT preset on this machine.
 
     python benchmarks/train_throughput.py [--device cpu|gpu] [--presets tiny,small] [--batch-size 32]
+        [--blas-threads 1] [--no-cpu-kernels]
 
 One training step = forward of the model, the hybrid DDPM loss, backward, AdamW update.  The first
 steps (warm-up: kernel compilation, allocator growth) are not timed.
@@ -52,7 +53,12 @@ def main():
     parser.add_argument("--presets", default=None, help="comma list (default: tiny,small on CPU; all on GPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 256 on GPU")
     parser.add_argument("--steps", type=int, default=None)
+    from minisdit.train import add_cpu_arguments
+
+    add_cpu_arguments(parser)
     args = parser.parse_args()
+    if args.device == "cpu":
+        backend.configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
     gpu = args.device == "gpu"
     presets = (args.presets or ("tiny,small,paper,paper-cifar" if gpu else "tiny,small")).split(",")
     batch_size = args.batch_size or (256 if gpu else 32)
