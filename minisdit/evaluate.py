@@ -62,7 +62,7 @@ def lenet_metrics(images_uint8: np.ndarray, dataset: str, wanted: list[str], dev
     return results
 
 
-def inception_reference(dataset: str, data_dir, count: int | None, model) -> "FeatureStatistics":
+def inception_reference(dataset: str, data_dir, count: int | None, model):
     """Inception statistics of the test split, cached under the data folder."""
     from . import data
     from .metrics import inception_features

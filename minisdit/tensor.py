@@ -15,7 +15,6 @@ arrays, so the memory of the graph is given back.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import numpy as np
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from minisdit import data
 
@@ -451,68 +450,6 @@ def test_installed_debian_package_folder(tmp_path, monkeypatch):
     folder = data.fetch_dataset("fashion-mnist", tmp_path / "cache",
                                 sources=[data.debian_installed_source()], log=lambda line: None)
     assert (folder / IDX_NAMES[3]).read_bytes() == tiny["files"][IDX_NAMES[3]]
-
-
-# ----- batches -----
-
-def take(iterator, count):
-    return [next(iterator) for _ in range(count)]
-
-
-def test_batches_are_seeded_shuffled_permutations():
-    images = np.arange(23 * 2).reshape(23, 1, 2)
-    labels = np.arange(23)
-    batches = take(data.iterate_batches(images, labels, 5, rng=np.random.default_rng(3)), 12)
-    again = take(data.iterate_batches(images, labels, 5, rng=3), 12)
-    other = take(data.iterate_batches(images, labels, 5, rng=4), 12)
-    for (x, y), (x2, y2) in zip(batches, again):
-        np.testing.assert_array_equal(x, x2)
-        np.testing.assert_array_equal(y, y2)
-    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(batches, other))
-    for x, y in batches:
-        assert x.shape == (5, 1, 2)
-        np.testing.assert_array_equal(x[:, 0, 0], 2 * y)        # images and labels stay paired
-    epochs = [np.concatenate([y for _, y in batches[4 * e:4 * e + 4]]) for e in range(3)]
-    for epoch in epochs:                                         # 4 full batches, 3 samples dropped
-        assert len(np.unique(epoch)) == 20
-    assert not np.array_equal(epochs[0], epochs[1])
-    keep_last = data.iterate_batches(images, labels, 5, rng=3, drop_last=False, epochs=2)
-    sizes = [len(y) for _, y in keep_last]
-    assert sizes == [5, 5, 5, 5, 3] * 2
-    first_epoch = np.concatenate([y for _, y in take(data.iterate_batches(images, labels, 5, 3, False), 5)])
-    np.testing.assert_array_equal(np.sort(first_epoch), labels)
-
-
-@settings(max_examples=30, deadline=None)
-@given(num_samples=st.integers(1, 30), batch_size=st.integers(1, 8), drop_last=st.booleans(),
-       steps_before=st.integers(0, 20), seed=st.integers(0, 2**32 - 1))
-def test_resume_continues_identically(tmp_path_factory, num_samples, batch_size, drop_last, steps_before, seed):
-    if drop_last and batch_size > num_samples:
-        with pytest.raises(ValueError, match="drop_last=False"):
-            data.iterate_batches(np.zeros(num_samples), np.zeros(num_samples), batch_size, seed)
-        return
-    labels = np.arange(num_samples)
-    reference = data.iterate_batches(labels * 10, labels, batch_size, seed, drop_last)
-    expected = take(reference, steps_before + 7)
-    interrupted = data.iterate_batches(labels * 10, labels, batch_size, seed, drop_last)
-    take(interrupted, steps_before)
-    path = tmp_path_factory.mktemp("state") / "state.npz"
-    np.savez(path, **interrupted.state_dict())
-    with np.load(path, allow_pickle=False) as saved:         # plain numbers and arrays only
-        state = {key: saved[key] for key in saved.files}
-    resumed = data.iterate_batches(labels * 10, labels, batch_size, seed + 1, drop_last)
-    resumed.load_state_dict(state)
-    assert (resumed.epoch, resumed.position) == divmod(steps_before, resumed.batches_per_epoch)
-    for (x, y), (x2, y2) in zip(expected[steps_before:], take(resumed, 7)):
-        np.testing.assert_array_equal(x, x2)
-        np.testing.assert_array_equal(y, y2)
-
-
-def test_resume_rejects_a_different_setup():
-    labels = np.arange(10)
-    state = data.iterate_batches(labels, labels, 3, 0).state_dict()
-    with pytest.raises(ValueError, match="batch_size=3 but this iterator has 4"):
-        data.iterate_batches(labels, labels, 4, 0).load_state_dict(state)
 
 
 # ----- pixel range -----

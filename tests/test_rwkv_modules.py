@@ -8,7 +8,6 @@ from hypothesis import given, settings, strategies as st
 from minisdit import Tensor
 from minisdit.rwkv import ChannelMix, TimeMix, wkv_quadratic_numpy
 from minisdit import testing
-from minisdit.testing import gradcheck
 
 TIME_MIX_NAMES = ["time_decay", "time_first", "time_mix_k", "time_mix_v", "time_mix_r",
                   "key.weight", "value.weight", "receptance.weight", "output.weight"]

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from minisdit import Tensor
-from minisdit import functional as F
-from minisdit.models import PRESETS, SDiT, sdit_from_preset
+from minisdit.models import SDiT, sdit_from_preset
 from minisdit.models.sdit import ReconstructionModule, unpatchify
 from minisdit.optim import AdamW
 from minisdit.snn import SpikeRate
