@@ -275,6 +275,10 @@ def _cache_directory() -> Path:
     return root
 
 
+# Part of the cache key with the sources, so that changing the options rebuilds every library.
+CPU_COMPILE_OPTIONS = ["-O2", "-std=c++14", "-shared", "-fPIC"]
+
+
 @functools.lru_cache(maxsize=None)
 def _cpu_library(file_name: str, frozen_defines: tuple):
     compiler = cpu_compiler()
@@ -285,7 +289,8 @@ def _cpu_library(file_name: str, frozen_defines: tuple):
     signatures = kernel_signatures(source)
     launcher = _launcher_source(directory / file_name, signatures)
     flags = _define_flags(dict(frozen_defines))
-    key = hashlib.sha256((source + launcher + " ".join(flags) + (directory / "cuda_cpu_shim.h").read_text()).encode()).hexdigest()[:16]
+    options = CPU_COMPILE_OPTIONS + flags
+    key = hashlib.sha256((source + launcher + " ".join(options) + (directory / "cuda_cpu_shim.h").read_text()).encode()).hexdigest()[:16]
     cache = _cache_directory()
     library_path = cache / f"{Path(file_name).stem}-{key}.so"
     if not library_path.exists():
@@ -297,7 +302,7 @@ def _cpu_library(file_name: str, frozen_defines: tuple):
         launcher_temporary = cache / f"{stem}.{os.getpid()}.cpp"
         launcher_temporary.write_text(launcher)
         temporary = library_path.with_suffix(f".{os.getpid()}.tmp")
-        command = [compiler, "-O2", "-std=c++14", "-shared", "-fPIC", "-I", str(directory), *flags,
+        command = [compiler, *options, "-I", str(directory),
                    "-o", str(temporary), str(launcher_temporary)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
