@@ -275,7 +275,7 @@ def _cache_directory() -> Path:
     return root
 
 
-# Part of the cache key with the sources, so that changing the options rebuilds every library.
+# Part of the cache key with the compiler and the sources, so that changing any of them rebuilds the library.
 CPU_COMPILE_OPTIONS = ["-O2", "-std=c++14", "-shared", "-fPIC"]
 
 
@@ -290,7 +290,7 @@ def _cpu_library(file_name: str, frozen_defines: tuple):
     launcher = _launcher_source(directory / file_name, signatures)
     flags = _define_flags(dict(frozen_defines))
     options = CPU_COMPILE_OPTIONS + flags
-    key = hashlib.sha256((source + launcher + " ".join(options) + (directory / "cuda_cpu_shim.h").read_text()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((compiler + source + launcher + " ".join(options) + (directory / "cuda_cpu_shim.h").read_text()).encode()).hexdigest()[:16]
     cache = _cache_directory()
     library_path = cache / f"{Path(file_name).stem}-{key}.so"
     if not library_path.exists():
