@@ -24,15 +24,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from minisdit import Tensor, backend, data, no_grad  # noqa: E402
+from minisdit.checkpoint import CheckpointError  # noqa: E402
 from minisdit.data import to_model_range  # noqa: E402
 from minisdit.diffusion import GaussianDiffusion  # noqa: E402
 from minisdit.images import save_grid, to_uint8  # noqa: E402
 from minisdit.sample import generate, load_model  # noqa: E402
-
-
-def x0_estimate(diffusion, x_t, eps_hat, t):
-    alpha_bar = diffusion.alphas_cumprod[t]
-    return np.clip((x_t - np.sqrt(1 - alpha_bar) * eps_hat) / np.sqrt(alpha_bar), -1, 1)
 
 
 def noise_level_table(model, diffusion, images, labels, rng, steps=(50, 150, 300, 450, 600, 750, 900)):
@@ -49,7 +45,7 @@ def noise_level_table(model, diffusion, images, labels, rng, steps=(50, 150, 300
                 return backend.to_numpy(model(Tensor(x_t), np.full(len(x0), step), y).data)[:, :x0.shape[1]]
 
         eps_hat = predict(t_value, labels)
-        x0_mse = [float(((x0_estimate(diffusion, x_t, predict(t_value, y), t_value) - x0) ** 2).mean())
+        x0_mse = [float(((np.clip(diffusion.predict_x0(x_t, t, predict(t_value, y)), -1, 1) - x0) ** 2).mean())
                   for y in (labels, np.full(len(x0), model.num_classes), (labels + 3) % 10)]
         shifted = float(((predict(max(t_value - 200, 0), labels) - eps) ** 2).mean())
         print(f"{t_value:>4} {float(((eps_hat - eps) ** 2).mean()):>8.4f} {x0_mse[0]:>7.3f} {mean_image_mse:>8.3f} "
@@ -95,7 +91,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="diagnosis_grid.png")
     args = parser.parse_args(argv)
     backend.configure_cpu_runtime(1)
-    model, _ = load_model(args.ckpt)
+    try:
+        model, _ = load_model(args.ckpt)
+    except CheckpointError as error:
+        parser.exit(1, f"error: {error}\n")
     diffusion = GaussianDiffusion()
     rng = np.random.default_rng(0)
     images, labels = data.load_dataset(args.dataset, split="test")
