@@ -1,50 +1,48 @@
 """Training throughput (images/s) of each SDiT preset on this machine.
 
     python benchmarks/train_throughput.py [--device cpu|gpu] [--presets tiny,small] [--batch-size 32]
-        [--blas-threads 1] [--no-cpu-kernels]
+        [--workers 1,2] [--blas-threads 1] [--no-cpu-kernels]
 
-One training step = forward of the model, the hybrid DDPM loss, backward, AdamW update.  The first
-steps (warm-up: kernel compilation, allocator growth) are not timed.
+One training step = forward of the model, the hybrid DDPM loss, backward, AdamW update, exactly as
+``python -m minisdit.train`` takes it (``Trainer.train_step``).  The first steps (warm-up: kernel
+compilation, allocator growth, starting the worker processes) are not timed.  On a CPU each preset is
+measured with each number of ``--workers`` (processes sharing a batch, minisdit/parallel.py).
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from minisdit import Tensor, backend
-from minisdit.diffusion import GaussianDiffusion
-from minisdit.models import sdit_from_preset
-from minisdit.optim import AdamW
+from minisdit import backend
+from minisdit.trainer import Trainer
 
 
-def measure(preset: str, device: str, batch_size: int, steps: int, warmup: int) -> float:
-    xp = backend.get_array_module(device)
-    model = sdit_from_preset(preset, in_channels=1).to(device=device)
-    diffusion = GaussianDiffusion()
-    optimizer = AdamW(model.parameters(), lr=1e-4)
+def measure(preset: str, device: str, batch_size: int, steps: int, warmup: int, workers: int = 1) -> float:
+    """Images/s of ``Trainer.train_step`` (the step ``python -m minisdit.train`` takes) on random images."""
     rng = np.random.default_rng(0)
-    x0 = xp.asarray(rng.uniform(-1, 1, (batch_size, 1, 28, 28)).astype(np.float32))
-    y = rng.integers(0, 10, batch_size)
-
-    def step():
-        t = rng.integers(0, 1000, batch_size)
-        loss = diffusion.training_losses(model, Tensor(x0), t, y=y)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    for _ in range(warmup):
-        step()
-    if device == "gpu":
-        xp.cuda.Device().synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    float(loss.item())  # waits for the device
-    return steps * batch_size / (time.perf_counter() - start)
+    images = rng.integers(0, 256, (max(4 * batch_size, 256), 1, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, len(images))
+    config = dict(device=device, preset=preset, batch_size=batch_size, lr=1e-4, warmup_steps=0, steps=steps + warmup,
+                  epochs=None, seed=0, weight_decay=0.01, grad_clip=0.0, ema=0.0, sample_steps=2, sample_num=2,
+                  cfg_scale=1.0, num_train=None, workers=workers)
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(config, images, labels, Path(folder), progress=False)
+        try:
+            for _ in range(warmup):
+                trainer.train_step()
+            if device == "gpu":
+                backend.get_array_module("gpu").cuda.Device().synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                record = trainer.train_step()  # its loss is a host float: the device has finished
+            assert np.isfinite(record["loss"])
+            return steps * batch_size / (time.perf_counter() - start)
+        finally:
+            trainer.close()
 
 
 def main():
@@ -53,6 +51,7 @@ def main():
     parser.add_argument("--presets", default=None, help="comma list (default: tiny,small on CPU; all on GPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 256 on GPU")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--workers", default="1,2", help="CPU only: comma list of worker-process counts to measure")
     from minisdit.train import add_cpu_arguments
 
     add_cpu_arguments(parser)
@@ -63,10 +62,12 @@ def main():
     presets = (args.presets or ("tiny,small,paper,paper-cifar" if gpu else "tiny,small")).split(",")
     batch_size = args.batch_size or (256 if gpu else 32)
     steps = args.steps or (20 if gpu else 3)
+    workers = [1] if gpu else [int(w) for w in args.workers.split(",")]
     print(f"device {args.device}, batch {batch_size}, {steps} timed steps after 2 warm-up steps")
-    print(f"{'preset':<12} {'images/s':>10}")
+    print(f"{'preset':<12}" + "".join(f"{f'images/s, {w} worker' + ('s' if w > 1 else ''):>22}" for w in workers))
     for preset in presets:
-        print(f"{preset:<12} {measure(preset, args.device, batch_size, steps, warmup=2):>10.1f}", flush=True)
+        rates = [measure(preset, args.device, batch_size, steps, warmup=2, workers=w) for w in workers]
+        print(f"{preset:<12}" + "".join(f"{rate:>22.1f}" for rate in rates), flush=True)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from .tensor import Function, Tensor, as_tensor, no_grad
 KERNEL_FILE = "ddpm_loss.cu"
 BETA_SCHEDULES = ("linear", "cosine")
 LOSSES = ("hybrid", "mse")
+MSE_WEIGHTINGS = ("uniform", "truncated-snr")
 FIXED_VARIANCES = ("large", "small")
 
 
@@ -354,10 +355,18 @@ class GaussianDiffusion:
     ``loss``: "hybrid" (ε-MSE + L_vb, needs learn_sigma) or "mse" (plain ε-MSE, needs a fixed
     variance); the default picks the one that fits ``learn_sigma``.
     ``betas``: an explicit β array instead of a named schedule (used by respacing).
+    ``mse_weighting``: "uniform" (the authors' loss) or "truncated-snr" (see ``mse_weights``), with
+    weights capped at ``max_mse_weight``.
     """
 
     def __init__(self, num_timesteps: int = 1000, beta_schedule: str = "linear", learn_sigma: bool = True,
-                 loss: str | None = None, fixed_variance: str = "large", betas=None):
+                 loss: str | None = None, fixed_variance: str = "large", betas=None,
+                 mse_weighting: str = "uniform", max_mse_weight: float = 10.0):
+        if mse_weighting not in MSE_WEIGHTINGS:
+            raise ValueError(f"unknown mse_weighting {mse_weighting!r}; choose one of {', '.join(MSE_WEIGHTINGS)}")
+        if not max_mse_weight >= 1:
+            raise ValueError(f"max_mse_weight must be at least 1 (weights start at 1), got {max_mse_weight}")
+        self.mse_weighting, self.max_mse_weight = mse_weighting, float(max_mse_weight)
         if loss is None:
             loss = "hybrid" if learn_sigma else "mse"
         if loss not in LOSSES:
@@ -640,12 +649,32 @@ class GaussianDiffusion:
         mse = epsilon_mse(eps, noise)
         terms = {"mse": mse.data, "t": t}
         per_sample = mse
+        if self.mse_weighting != "uniform":
+            weights = self.mse_weights(t).astype(mse.data.dtype)
+            per_sample = mse * Tensor(backend.to_device(weights, backend.device_of(mse.data)))
         if self.loss == "hybrid":
             vb = self._vb_from_parts(eps.detach(), v, x0_data, x_t, t)
             terms["vb"] = vb.data
-            per_sample = mse + vb
+            per_sample = per_sample + vb
         terms["loss"] = F.mean(per_sample)
         return terms
+
+    def mse_weights(self, t) -> np.ndarray:
+        """λ_t for the ε-MSE of samples at steps t (a float64 NumPy array like t).
+
+        "uniform": λ_t = 1.  "truncated-snr": λ_t = min(max(1/SNR_t, 1), max_mse_weight) with
+        SNR_t = ᾱ_t/(1 − ᾱ_t).  Why: x̂_0 − x_0 = −(ε̂ − ε)/√SNR_t, so the x̂_0 error is the ε error
+        divided by SNR_t, and λ_t·MSE_ε = max(MSE_ε, MSE_x̂0) (Salimans & Ho's "truncated SNR"),
+        capped.  At low SNR the image is a small part of x_t, so plain ε-MSE hardly depends on the
+        digit's shape or class, and a small model learns them slowly (docs/decisions.md measures it);
+        this weighting gives those steps the weight of their x̂_0 error, at most ``max_mse_weight``.
+        """
+        t = np.asarray(t)
+        if self.mse_weighting == "uniform":
+            return np.ones(t.shape)
+        alpha_bar = self.alphas_cumprod[t]
+        inverse_snr = (1.0 - alpha_bar) / alpha_bar
+        return np.clip(inverse_snr, 1.0, self.max_mse_weight)
 
     # ----- ancestral sampling -----
     def p_sample_loop(self, model, shape, y=None, steps=None, rng=None, seed=None, cfg_scale: float = 1.0,

@@ -29,14 +29,15 @@ from .trainer import CHECKPOINT_NAME, TrainingError
 GPU_DEFAULTS = dict(preset="paper", batch_size=256, lr=1e-4, epochs=1600, sample_steps=250, sample_every=5000,
                     sample_num=100, ckpt_every=5000, log_every=50)
 CPU_DEFAULTS = dict(preset="tiny", batch_size=64, lr=2e-3, warmup_steps=100, steps=1500, sample_steps=100, sample_every=500,
-                    sample_num=20, ckpt_every=250, log_every=10)
+                    sample_num=20, ckpt_every=250, log_every=10, workers=2, mse_weighting="truncated-snr")
 # defaults that do not depend on the device
 COMMON_DEFAULTS = dict(dataset="mnist", seed=0, weight_decay=0.01, warmup_steps=0, grad_clip=0.0, ema=0.0,
-                       cfg_scale=1.0, num_train=None)
+                       cfg_scale=1.0, num_train=None, workers=1, mse_weighting="uniform", max_mse_weight=10.0)
 # what a resumed run must share with its checkpoint (they decide the model's shape)
 FIXED_ON_RESUME = ("dataset", "preset")
 # what may be changed on resume: the run goes on with the new value (and says so)
-TRAINING_OPTIONS = ("batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema", "seed", "num_train")
+TRAINING_OPTIONS = ("batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema", "seed", "num_train", "workers",
+                    "mse_weighting", "max_mse_weight")
 OUTPUT_OPTIONS = ("sample_every", "sample_steps", "sample_num", "ckpt_every", "log_every", "cfg_scale")
 
 
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-every", type=int, default=None, help="write a log line every N steps")
     parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (default 1: off)")
     parser.add_argument("--data-dir", default=None, help="where data sets are cached (default: $MINISDIT_DATA or ~/.cache/minisdit)")
+    parser.add_argument("--mse-weighting", choices=["uniform", "truncated-snr"], default=None,
+                        help="weight of each sample's ε-MSE by its step t: uniform (the authors; default on GPU) or "
+                             "truncated-snr, max(1, 1/SNR_t) capped at --max-mse-weight (default on CPU: a small model "
+                             "learns the digits' shapes and classes sooner; docs/decisions.md)")
+    parser.add_argument("--max-mse-weight", type=float, default=None, help="cap of the truncated-snr weights (default 10)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="CPU processes that share each batch (default 2 on CPU; 1 on GPU, where it does not apply); "
+                             "a run is reproducible for a given number of workers")
     parser.add_argument("--num-train", type=int, default=None, help="use only the first N training images (quick experiments)")
     add_cpu_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal); print a line per logged step instead")
@@ -91,7 +100,8 @@ def check_arguments(args) -> None:
     from .data import dataset_spec
     from .models import PRESETS
 
-    for name in ("batch_size", "steps", "epochs", "sample_every", "sample_num", "ckpt_every", "log_every", "num_train"):
+    for name in ("batch_size", "steps", "epochs", "sample_every", "sample_num", "ckpt_every", "log_every", "num_train",
+                 "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -103,6 +113,8 @@ def check_arguments(args) -> None:
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be zero or positive, got {value}")
+    if args.max_mse_weight is not None and not args.max_mse_weight >= 1:
+        raise ValueError(f"--max-mse-weight must be at least 1 (the weights start at 1), got {args.max_mse_weight}")
     if args.ema is not None and not 0 <= args.ema < 1:
         raise ValueError(f"--ema is a decay in [0, 1) (e.g. 0.9999; 0 turns EMA off), got {args.ema}")
     if args.preset is not None and args.preset not in PRESETS:

@@ -130,7 +130,9 @@ class Trainer:
         self.model = sdit_from_preset(config["preset"], in_channels=config["in_channels"],
                                       num_classes=config["num_classes"], input_size=config["input_size"],
                                       seed=config["seed"]).to(device=self.device)
-        self.diffusion = GaussianDiffusion()
+        # runs from before the weighting option had none: they resume with the plain ε-MSE they used
+        self.diffusion = GaussianDiffusion(mse_weighting=config.get("mse_weighting") or "uniform",
+                                           max_mse_weight=config.get("max_mse_weight") or 10.0)
         self.optimizer = AdamW(self.model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
         self.ema = EMA(self.model, decay=config["ema"]) if config["ema"] else None
         self._sampling_model = None  # a second model for EMA samples, so sampling never touches training state
@@ -141,6 +143,10 @@ class Trainer:
                                 "lower --batch-size")
         self.total_steps = config["steps"] or config["epochs"] * self.batches_per_epoch
         self.last_good_checkpoint = None  # (path, step) of the newest checkpoint known to be sound
+        # CPU processes sharing each batch (minisdit/parallel.py); 1: this process alone
+        self.workers = min(int(config.get("workers") or 1), config["batch_size"]) if self.device == "cpu" else 1
+        self._parallel = None
+        self._loss_names = ["mse", "vb"] if self.diffusion.loss == "hybrid" else ["mse"]
         self.stops = StopSignals()
 
     # ----- state -----
@@ -214,6 +220,8 @@ class Trainer:
 
     def forward_backward(self) -> dict:
         """Loss and gradients of step ``self.step + 1`` (changes nothing but the gradients)."""
+        if self.workers > 1:
+            return self._forward_backward_parallel()
         indices = self.batch_indices(self.step)
         x0 = to_model_range(self.xp.asarray(self.images[indices]))  # uint8 crosses to the device: 4x fewer bytes
         y = self.labels[indices]
@@ -238,6 +246,58 @@ class Trainer:
         record = {"step": self.step + 1, "loss": loss_value}
         record.update({name: float(value) for name, value in zip(names, values[1:])})
         return record
+
+    def _forward_backward_parallel(self) -> dict:
+        """``forward_backward`` with the batch split over CPU processes (minisdit/parallel.py).
+
+        The same batch, t, ε and label dropout as one process draws; each slice's loss is weighted
+        by its share of the batch, so the summed gradients are those of the batch mean."""
+        from .parallel import DataParallel, WorkerError, split_sizes
+
+        if self._parallel is None:  # forked here, after any --resume has loaded the weights
+            self._parallel = DataParallel(self.model.parameters(), self._slice_loss_and_gradients, self.workers)
+        indices = self.batch_indices(self.step)
+        step_rng = np.random.default_rng([self.config["seed"], 1, self.step])
+        t = step_rng.integers(0, self.diffusion.num_timesteps, size=len(indices))
+        noise = step_rng.standard_normal(self.images[indices].shape, dtype=np.float32)
+        y = self.model.y_embedder.drop_labels(self.labels[indices], np.random.default_rng([self.config["seed"], 2, self.step]))
+        slices, start = [], 0
+        for size in split_sizes(len(indices), self.workers):
+            part = slice(start, start + size)
+            slices.append((indices[part], t[part], noise[part], y[part], size / len(indices)))
+            start += size
+        try:
+            values = self._parallel.run(slices)
+        except WorkerError as error:
+            raise TrainingError(f"{error} at step {self.step + 1}; {self._last_good_sentence()}; "
+                                "rerun with --workers 1 to see the error in this process") from error
+        loss_value = float(values[0])
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"loss became {loss_value} at step {self.step + 1}; training stopped and "
+                                f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
+        record = {"step": self.step + 1, "loss": loss_value}
+        record.update({name: float(value) for name, value in zip(self._loss_names, values[1:])})
+        return record
+
+    def _slice_loss_and_gradients(self, arrays):
+        """One worker's part: the loss of its slice times its share of the batch, and the gradients."""
+        indices, t, noise, y, share = arrays
+        x0 = to_model_range(self.images[indices])
+        self.model.train()
+        self.model.label_dropout_rng = None  # the labels arrive already dropped
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=noise, y=y)
+            loss = losses["loss"] * share
+            values = [float(loss.data)] + [share * float(losses[name].mean()) for name in self._loss_names]
+            self.optimizer.zero_grad()
+            loss.backward()
+        return np.array(values), [parameter.grad for parameter in self.model.parameters()]
+
+    def close(self):
+        """Stop the data-parallel workers, if any (training can start them again)."""
+        if self._parallel is not None:
+            self._parallel.close()
+            self._parallel = None
 
     def update(self, record: dict) -> dict:
         """Apply the gradients: clip, AdamW, EMA, step counter.  Call inside ``stops.deferred()``."""
@@ -400,6 +460,7 @@ class Trainer:
                 return self.stops.exit_code
         finally:
             self.stops.restore()
+            self.close()
         try:
             grid = self.sample_grid("samples_final.png")
         except KeyboardInterrupt:

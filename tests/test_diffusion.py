@@ -630,3 +630,48 @@ def test_bad_inputs_give_clear_errors():
         DIFFUSION.p_sample_loop(FakeModel(labelled_model), (2, 1, 2, 2), y=[0, 1], steps=2, cfg_scale=2.0)
     with pytest.raises(ValueError, match="labels"):
         DIFFUSION.p_sample_loop(FakeModel(labelled_model, num_classes=3), (2, 1, 2, 2), steps=2, cfg_scale=2.0)
+
+
+def test_truncated_snr_weights_are_the_x0_error_weight_capped():
+    d = GaussianDiffusion(mse_weighting="truncated-snr", max_mse_weight=10.0)
+    t = np.arange(1000)
+    weights = d.mse_weights(t)
+    snr = d.alphas_cumprod / (1 - d.alphas_cumprod)
+    # by the definition, step by step: 1 while SNR >= 1, then 1/SNR, then the cap
+    for step in (0, 50, 150, 250, 300, 450, 600, 999):
+        expected = 1.0 if snr[step] >= 1 else min(1 / snr[step], 10.0)
+        assert weights[step] == pytest.approx(expected, rel=1e-12), step
+    assert np.all(np.diff(weights) >= 0) and weights[0] == 1 and weights[-1] == 10
+    assert 200 < int(np.argmax(weights > 1)) < 300  # SNR crosses 1 near t = 250 for the linear schedule
+    np.testing.assert_array_equal(DIFFUSION.mse_weights(t), np.ones(1000))
+
+
+def test_weighted_training_loss_and_its_gradient():
+    """loss = mean_n(λ_{t_n} MSE_n + vb_n); ε̂ gets λ_n times the uniform gradient, v the same one."""
+    rng = np.random.default_rng(4)
+    shape = (4, 1, 3, 3)
+    x0, noise = quantised_images(rng, shape), rng.standard_normal(shape)
+    t = np.array([0, 260, 450, 999])
+    eps_data, v_data = noise + rng.normal(0, 0.3, shape), rng.uniform(-1, 1, shape)
+    results = {}
+    for name, diffusion in (("uniform", DIFFUSION), ("weighted", GaussianDiffusion(mse_weighting="truncated-snr",
+                                                                                   max_mse_weight=7.0))):
+        eps_hat, v = Tensor(eps_data, requires_grad=True), Tensor(v_data, requires_grad=True)
+        terms = diffusion.training_losses(lambda x, t, y: F.concat([eps_hat, v], axis=1), Tensor(x0), t, noise=noise)
+        terms["loss"].backward()
+        results[name] = (terms, eps_hat.grad, v.grad)
+    terms, eps_grad, v_grad = results["weighted"]
+    snr = DIFFUSION.alphas_cumprod[t] / (1 - DIFFUSION.alphas_cumprod[t])
+    lam = np.clip(1 / snr, 1, 7.0)
+    assert lam[0] == 1 and lam[-1] == 7 and 1 < lam[1] < 7
+    assert terms["loss"].item() == pytest.approx(np.mean(lam * terms["mse"] + terms["vb"]), rel=1e-12)
+    np.testing.assert_allclose(terms["mse"], results["uniform"][0]["mse"], rtol=1e-12)  # logged unweighted
+    np.testing.assert_allclose(eps_grad, lam[:, None, None, None] * results["uniform"][1], rtol=1e-12)
+    np.testing.assert_allclose(v_grad, results["uniform"][2], rtol=1e-12)
+
+
+def test_mse_weighting_rejects_bad_options():
+    with pytest.raises(ValueError, match="unknown mse_weighting 'snr'; choose one of uniform, truncated-snr"):
+        GaussianDiffusion(mse_weighting="snr")
+    with pytest.raises(ValueError, match="max_mse_weight must be at least 1"):
+        GaussianDiffusion(mse_weighting="truncated-snr", max_mse_weight=0.5)

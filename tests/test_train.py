@@ -116,12 +116,15 @@ def test_a_run_writes_config_log_checkpoint_and_pictures(reference):
     assert lines[-1].startswith(f"done: {STEPS} steps")
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "tiny" and config["batch_size"] == 4 and config["steps"] == STEPS
+    assert config["workers"] == 2  # the CPU default: two processes share each batch
+    assert config["mse_weighting"] == "truncated-snr" and config["max_mse_weight"] == 10.0
     assert config["ema"] == 0.9 and config["seed"] == 3 and config["dataset"] == "mnist"
     records = log_records(out)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for r in records:
         assert np.isfinite(r["loss"]) and r["loss"] > 0 and r["images_per_second"] > 0
-        assert abs(r["loss"] - (r["mse"] + r["vb"])) < 1e-5
+        # the CPU default weights each ε-MSE by λ_t in [1, 10] (truncated SNR): mean(λ mse + vb)
+        assert r["mse"] + r["vb"] - 1e-5 <= r["loss"] <= 10 * r["mse"] + r["vb"] + 1e-5
     assert [r["lr"] for r in records] == [5e-4, 1e-3, 1e-3, 1e-3]  # two warm-up steps
     for name in ("samples_final.png", "samples_step0000002.png", "loss.png"):
         with Image.open(out / name) as picture:
@@ -159,6 +162,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(reference, tmp_pa
     resumed = [(r["step"], r["loss"], r["lr"]) for r in log_records(out)]
     straight = [(r["step"], r["loss"], r["lr"]) for r in log_records(reference[0])]
     assert resumed == straight
+
+
+def test_resume_is_exact_with_one_worker_too(tmp_path):
+    # the reference run uses the CPU default (2 worker processes); one process alone must resume exactly too
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    code, _, stderr = run_cli(*COMMON, "--workers", 1, "--steps", STEPS, "--out", straight)
+    assert code == 0, stderr
+    assert json.loads((straight / "config.json").read_text())["workers"] == 1
+    code, _, stderr = run_cli(*COMMON, "--workers", 1, "--steps", STEPS // 2, "--out", resumed)
+    assert code == 0, stderr
+    code, _, stderr = run_cli("--resume", "--out", resumed, "--steps", STEPS, "--no-progress")
+    assert code == 0, stderr
+    assert_bitwise_equal_checkpoints(resumed / "checkpoint.safetensors", straight / "checkpoint.safetensors")
 
 
 def count_calls(monkeypatch, owner, name, action):
@@ -384,6 +400,26 @@ def test_resume_from_a_first_version_checkpoint(reference, tmp_path):
     code, _, stderr = run_cli("--resume", "--out", out, "--steps", 3, "--no-progress")
     assert code == 0, stderr
     assert_bitwise_equal_checkpoints(out / "checkpoint.safetensors", reference[2](3))
+
+
+def test_a_run_from_before_workers_and_weighting_resumes_as_it_was_trained(tmp_path):
+    """Checkpoints written before --workers and --mse-weighting existed trained in one process with
+    the plain ε-MSE; resumed, they go on that way (not with today's CPU defaults)."""
+    old_way = ["--workers", 1, "--mse-weighting", "uniform"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    code, _, stderr = run_cli(*COMMON, *old_way, "--steps", STEPS, "--out", straight)
+    assert code == 0, stderr
+    code, _, stderr = run_cli(*COMMON, *old_way, "--steps", STEPS // 2, "--out", resumed)
+    assert code == 0, stderr
+    path = resumed / "checkpoint.safetensors"
+    checkpoint = load_checkpoint(path)
+    config = {k: v for k, v in checkpoint["config"].items() if k not in ("workers", "mse_weighting", "max_mse_weight")}
+    save_checkpoint(path, model_state=checkpoint["model"], optimizer_state=checkpoint["optimizer"],
+                    ema_state=checkpoint["ema"], step=checkpoint["step"], config=config,
+                    rng_states=checkpoint["rng_states"])
+    code, _, stderr = run_cli("--resume", "--out", resumed, "--steps", STEPS, "--no-progress")
+    assert code == 0, stderr
+    assert_bitwise_equal_checkpoints(path, straight / "checkpoint.safetensors")
 
 
 def test_resume_at_the_end_changes_nothing(reference, tmp_path):

@@ -105,9 +105,15 @@ class LabelEmbedder(nn.Module):
 
     def forward(self, y, drop_rng: np.random.Generator | None):
         y = np.asarray(y if not hasattr(y, "get") else y.get()).astype(np.int64)
-        if self.training and self.dropout_prob > 0 and drop_rng is not None:
-            y = np.where(drop_rng.random(y.shape[0]) < self.dropout_prob, self.num_classes, y)
+        if self.training and drop_rng is not None:
+            y = self.drop_labels(y, drop_rng)
         return self.embedding_table(y)
+
+    def drop_labels(self, y, drop_rng: np.random.Generator):
+        """Each label becomes "no class" with probability dropout_prob (one uniform draw per label)."""
+        if self.dropout_prob <= 0:
+            return y
+        return np.where(drop_rng.random(y.shape[0]) < self.dropout_prob, self.num_classes, y)
 
 
 class ReconstructionModule(nn.Module):
