@@ -2,7 +2,9 @@
 
 One step: take a batch x0 in [-1, 1], draw t uniformly from 0..999 and noise eps, form
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, predict (eps_hat, v) with the model, and minimise
-mean (eps - eps_hat)^2 + L_vb (DESIGN.md section 4) with AdamW.
+mean (eps - eps_hat)^2 + L_vb (DESIGN.md section 4) with AdamW.  On a CPU the defaults differ (see
+CPU_DEFAULTS): each sample's (eps - eps_hat)^2 is weighted by lambda_t (truncated SNR) and two
+processes share each batch.
 
 Everything random (initial weights, batch order, t, eps, label dropout) is derived from the seed
 and a counter (see minisdit/trainer.py), so ``--resume`` continues an interrupted run exactly as if
@@ -23,16 +25,20 @@ from . import backend, data
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint
 from .trainer import CHECKPOINT_NAME, TrainingError
 
-# The authors' recipe (DESIGN.md section 4) for a GPU.  On a CPU the defaults shrink to the `tiny` model
-# and a schedule that fits about 15 minutes on two cores (lr 2e-3 with warm-up reached a lower loss than
-# 1e-3 in that budget; docs/decisions.md has the measurements).
+# The authors' recipe (DESIGN.md section 4) for a GPU.  On a CPU the defaults shrink to what draws
+# recognisable digits in about 15 minutes on two cores (docs/decisions.md has the measurements): the
+# `tiny` model, two processes sharing each batch of 32, lr 2e-3 with warm-up, the ε-MSE weighted by
+# truncated SNR (capped at 30) so that the class and shape are worth learning early, and sample grids
+# drawn with classifier-free guidance.
+CPU_CFG_SCALE = 8.0
 GPU_DEFAULTS = dict(preset="paper", batch_size=256, lr=1e-4, epochs=1600, sample_steps=250, sample_every=5000,
                     sample_num=100, ckpt_every=5000, log_every=50)
-CPU_DEFAULTS = dict(preset="tiny", batch_size=64, lr=2e-3, warmup_steps=100, steps=1500, sample_steps=100, sample_every=500,
-                    sample_num=20, ckpt_every=250, log_every=10, workers=2, mse_weighting="truncated-snr")
+CPU_DEFAULTS = dict(preset="tiny", batch_size=32, lr=2e-3, warmup_steps=100, steps=4400, sample_steps=100, sample_every=1000,
+                    sample_num=20, ckpt_every=250, log_every=10, workers=2, mse_weighting="truncated-snr", max_mse_weight=30.0,
+                    cfg_scale=CPU_CFG_SCALE)
 # defaults that do not depend on the device
 COMMON_DEFAULTS = dict(dataset="mnist", seed=0, weight_decay=0.01, warmup_steps=0, grad_clip=0.0, ema=0.0,
-                       cfg_scale=1.0, num_train=None, workers=1, mse_weighting="uniform", max_mse_weight=10.0)
+                       cfg_scale=1.0, num_train=None, workers=1, mse_weighting="uniform", max_mse_weight=30.0)
 # what a resumed run must share with its checkpoint (they decide the model's shape)
 FIXED_ON_RESUME = ("dataset", "preset")
 # what may be changed on resume: the run goes on with the new value (and says so)
@@ -62,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=None, help="mnist (default), fashion-mnist or cifar10")
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: gpu if usable, else cpu")
     parser.add_argument("--preset", default=None, help="tiny, small, paper, paper-cifar (default: paper on GPU, tiny on CPU)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 64 on CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
     parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-4 on GPU, 2e-3 on CPU)")
     parser.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay (default 0.01)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps (default: 0 on GPU, as the authors; 100 on CPU)")
@@ -79,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-num", type=int, default=None, help="images per sample grid (default: 100 on GPU, 20 on CPU)")
     parser.add_argument("--ckpt-every", type=int, default=None, help="write a checkpoint every N steps")
     parser.add_argument("--log-every", type=int, default=None, help="write a log line every N steps")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (default 1: off)")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (1: off; default 1 on GPU, as the authors, and 8 on CPU)")
     parser.add_argument("--data-dir", default=None, help="where data sets are cached (default: $MINISDIT_DATA or ~/.cache/minisdit)")
     parser.add_argument("--mse-weighting", choices=["uniform", "truncated-snr"], default=None,
                         help="weight of each sample's ε-MSE by its step t: uniform (the authors; default on GPU) or "
                              "truncated-snr, max(1, 1/SNR_t) capped at --max-mse-weight (default on CPU: a small model "
                              "learns the digits' shapes and classes sooner; docs/decisions.md)")
-    parser.add_argument("--max-mse-weight", type=float, default=None, help="cap of the truncated-snr weights (default 10)")
+    parser.add_argument("--max-mse-weight", type=float, default=None, help="cap of the truncated-snr weights (default 30)")
     parser.add_argument("--workers", type=int, default=None,
                         help="CPU processes that share each batch (default 2 on CPU; 1 on GPU, where it does not apply); "
                              "a run is reproducible for a given number of workers")

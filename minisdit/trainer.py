@@ -132,7 +132,7 @@ class Trainer:
                                       seed=config["seed"]).to(device=self.device)
         # runs from before the weighting option had none: they resume with the plain ε-MSE they used
         self.diffusion = GaussianDiffusion(mse_weighting=config.get("mse_weighting") or "uniform",
-                                           max_mse_weight=config.get("max_mse_weight") or 10.0)
+                                           max_mse_weight=config.get("max_mse_weight") or 30.0)
         self.optimizer = AdamW(self.model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
         self.ema = EMA(self.model, decay=config["ema"]) if config["ema"] else None
         self._sampling_model = None  # a second model for EMA samples, so sampling never touches training state

@@ -117,14 +117,14 @@ def test_a_run_writes_config_log_checkpoint_and_pictures(reference):
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "tiny" and config["batch_size"] == 4 and config["steps"] == STEPS
     assert config["workers"] == 2  # the CPU default: two processes share each batch
-    assert config["mse_weighting"] == "truncated-snr" and config["max_mse_weight"] == 10.0
+    assert config["mse_weighting"] == "truncated-snr" and config["max_mse_weight"] == 30.0 and config["cfg_scale"] == 8.0
     assert config["ema"] == 0.9 and config["seed"] == 3 and config["dataset"] == "mnist"
     records = log_records(out)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for r in records:
         assert np.isfinite(r["loss"]) and r["loss"] > 0 and r["images_per_second"] > 0
-        # the CPU default weights each ε-MSE by λ_t in [1, 10] (truncated SNR): mean(λ mse + vb)
-        assert r["mse"] + r["vb"] - 1e-5 <= r["loss"] <= 10 * r["mse"] + r["vb"] + 1e-5
+        # the CPU default weights each ε-MSE by λ_t in [1, 30] (truncated SNR): mean(λ mse + vb)
+        assert r["mse"] + r["vb"] - 1e-5 <= r["loss"] <= 30 * r["mse"] + r["vb"] + 1e-5
     assert [r["lr"] for r in records] == [5e-4, 1e-3, 1e-3, 1e-3]  # two warm-up steps
     for name in ("samples_final.png", "samples_step0000002.png", "loss.png"):
         with Image.open(out / name) as picture:
