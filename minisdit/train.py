@@ -33,17 +33,18 @@ from .trainer import CHECKPOINT_NAME, TrainingError
 CPU_CFG_SCALE = 8.0
 GPU_DEFAULTS = dict(preset="paper", batch_size=256, lr=1e-4, epochs=1600, sample_steps=250, sample_every=5000,
                     sample_num=100, ckpt_every=5000, log_every=50)
-CPU_DEFAULTS = dict(preset="tiny", batch_size=32, lr=2e-3, warmup_steps=100, steps=4400, sample_steps=100, sample_every=1000,
+CPU_DEFAULTS = dict(preset="tiny", batch_size=32, lr=2e-3, warmup_steps=100, steps=4800, sample_steps=100, sample_every=2000,
                     sample_num=20, ckpt_every=250, log_every=10, workers=2, mse_weighting="truncated-snr", max_mse_weight=30.0,
                     cfg_scale=CPU_CFG_SCALE)
 # defaults that do not depend on the device
 COMMON_DEFAULTS = dict(dataset="mnist", seed=0, weight_decay=0.01, warmup_steps=0, grad_clip=0.0, ema=0.0,
-                       cfg_scale=1.0, num_train=None, workers=1, mse_weighting="uniform", max_mse_weight=30.0)
+                       cfg_scale=1.0, num_train=None, workers=1, mse_weighting="uniform", max_mse_weight=30.0,
+                       lr_decay_fraction=0.0)
 # what a resumed run must share with its checkpoint (they decide the model's shape)
 FIXED_ON_RESUME = ("dataset", "preset")
 # what may be changed on resume: the run goes on with the new value (and says so)
 TRAINING_OPTIONS = ("batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema", "seed", "num_train", "workers",
-                    "mse_weighting", "max_mse_weight")
+                    "mse_weighting", "max_mse_weight", "lr_decay_fraction")
 OUTPUT_OPTIONS = ("sample_every", "sample_steps", "sample_num", "ckpt_every", "log_every", "cfg_scale")
 
 
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-4 on GPU, 2e-3 on CPU)")
     parser.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay (default 0.01)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps (default: 0 on GPU, as the authors; 100 on CPU)")
+    parser.add_argument("--lr-decay-fraction", type=float, default=None,
+                        help="decay the learning rate linearly to 0 over this last fraction of the steps (default 0: "
+                             "constant after warm-up, as the authors)")
     parser.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm (default 0: off, as the authors)")
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs (ignored when --steps is given)")
     parser.add_argument("--steps", type=int, default=None, help="train this many optimizer steps in all")
@@ -119,6 +123,8 @@ def check_arguments(args) -> None:
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be zero or positive, got {value}")
+    if args.lr_decay_fraction is not None and not 0 <= args.lr_decay_fraction < 1:
+        raise ValueError(f"--lr-decay-fraction must lie in [0, 1), got {args.lr_decay_fraction}")
     if args.max_mse_weight is not None and not args.max_mse_weight >= 1:
         raise ValueError(f"--max-mse-weight must be at least 1 (the weights start at 1), got {args.max_mse_weight}")
     if args.ema is not None and not 0 <= args.ema < 1:

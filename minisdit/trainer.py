@@ -207,9 +207,18 @@ class Trainer:
         return order[position * size:(position + 1) * size]
 
     def learning_rate(self, step: int) -> float:
+        """Linear warm-up over ``warmup_steps``, then constant; with ``lr_decay_fraction`` f > 0 the
+        last f of the run decays linearly towards 0 (warm-up, stable, decay), reaching lr/n at the
+        last of its n steps."""
         warmup = self.config.get("warmup_steps", 0)
         if warmup and step < warmup:
             return self.config["lr"] * (step + 1) / warmup
+        fraction = self.config.get("lr_decay_fraction") or 0.0
+        if fraction > 0:
+            decay_steps = max(1, round(self.total_steps * fraction))
+            remaining = self.total_steps - step
+            if remaining <= decay_steps:
+                return self.config["lr"] * remaining / decay_steps
         return self.config["lr"]
 
     def _last_good_sentence(self) -> str:

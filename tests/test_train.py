@@ -324,6 +324,10 @@ def test_a_huge_learning_rate_diverges_with_a_clear_message(tmp_path):
     (["--batch-size", "64"], 1, ["batch size 64 is larger than the 12 training images", "lower --batch-size"]),
     (["--steps", "abc"], 2, ["invalid int value: 'abc'", "--help"]),
     (["--device", "tpu"], 2, ["invalid choice: 'tpu'", "--help"]),
+    (["--workers", "0"], 1, ["--workers must be a positive integer"]),
+    (["--max-mse-weight", "0.5"], 1, ["--max-mse-weight must be at least 1"]),
+    (["--mse-weighting", "snr"], 2, ["invalid choice: 'snr'", "--help"]),
+    (["--lr-decay-fraction", "1"], 1, ["--lr-decay-fraction must lie in [0, 1)"]),
 ])
 def test_bad_arguments_give_one_line_errors(tmp_path, argv, code, fragments):
     returned, _, stderr = run_cli(*argv, "--out", tmp_path / "run", "--no-progress")
@@ -449,3 +453,18 @@ def test_training_and_sampling_on_the_gpu(tmp_path):
                             "--steps", "3", "--no-progress", "--out", str(npz)]) == 0
     with np.load(npz) as saved:
         assert saved["images"].dtype == np.uint8 and saved["images"].shape == (3, 1, 28, 28)
+
+
+def test_learning_rate_warms_up_stays_and_decays_over_the_last_fraction(tmp_path):
+    from minisdit.trainer import Trainer
+
+    images, labels = fake_dataset()
+    config = dict(device="cpu", preset="tiny", batch_size=4, lr=1e-3, warmup_steps=2, steps=10, epochs=None, seed=0,
+                  weight_decay=0.01, grad_clip=0.0, ema=0.0, sample_steps=2, sample_num=2, cfg_scale=1.0,
+                  num_train=None, workers=1, lr_decay_fraction=0.4)
+    trainer = Trainer(config, images, labels, tmp_path, progress=False)
+    rates = [trainer.learning_rate(step) for step in range(10)]
+    # warm-up 2 steps, constant, then the last 4 of 10 steps go 4/4, 3/4, 2/4, 1/4 of the rate
+    assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4], rel=1e-12)
+    trainer.config["lr_decay_fraction"] = 0.0
+    assert [trainer.learning_rate(step) for step in range(2, 10)] == [1e-3] * 8
