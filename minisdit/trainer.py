@@ -395,7 +395,8 @@ class Trainer:
             smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
             axis.plot(steps[window - 1:], smooth, label=f"mean of {window}")
         axis.set_xlabel("step")
-        axis.set_ylabel("loss (eps-MSE + L_vb)")
+        weighted = self.diffusion.mse_weighting != "uniform"
+        axis.set_ylabel(f"loss ({'weighted ' if weighted else ''}eps-MSE + L_vb)")
         axis.set_yscale("log")
         axis.legend()
         axis.set_title(f"{self.config['dataset']}, preset {self.config['preset']}")
