@@ -227,16 +227,22 @@ class Trainer:
         path, step = self.last_good_checkpoint
         return f"the last good checkpoint is {path} (step {step})"
 
+    def _draw_step(self):
+        """The batch indices, t and ε (host arrays) of step ``self.step + 1``, from (seed, 1, step)."""
+        indices = self.batch_indices(self.step)
+        step_rng = np.random.default_rng([self.config["seed"], 1, self.step])
+        t = step_rng.integers(0, self.diffusion.num_timesteps, size=len(indices))
+        noise = step_rng.standard_normal(self.images[indices].shape, dtype=np.float32)
+        return indices, t, noise
+
     def forward_backward(self) -> dict:
         """Loss and gradients of step ``self.step + 1`` (changes nothing but the gradients)."""
         if self.workers > 1:
             return self._forward_backward_parallel()
-        indices = self.batch_indices(self.step)
+        indices, t, noise = self._draw_step()
         x0 = to_model_range(self.xp.asarray(self.images[indices]))  # uint8 crosses to the device: 4x fewer bytes
         y = self.labels[indices]
-        step_rng = np.random.default_rng([self.config["seed"], 1, self.step])
-        t = step_rng.integers(0, self.diffusion.num_timesteps, size=len(indices))
-        noise = self.xp.asarray(step_rng.standard_normal(x0.shape, dtype=np.float32))
+        noise = self.xp.asarray(noise)
         self.model.label_dropout_rng = np.random.default_rng([self.config["seed"], 2, self.step])
         self.model.train()
         # overflow warnings would bury the one-line message below; non-finite values are checked instead
@@ -265,10 +271,7 @@ class Trainer:
 
         if self._parallel is None:  # forked here, after any --resume has loaded the weights
             self._parallel = DataParallel(self.model.parameters(), self._slice_loss_and_gradients, self.workers)
-        indices = self.batch_indices(self.step)
-        step_rng = np.random.default_rng([self.config["seed"], 1, self.step])
-        t = step_rng.integers(0, self.diffusion.num_timesteps, size=len(indices))
-        noise = step_rng.standard_normal(self.images[indices].shape, dtype=np.float32)
+        indices, t, noise = self._draw_step()
         y = self.model.y_embedder.drop_labels(self.labels[indices], np.random.default_rng([self.config["seed"], 2, self.step]))
         slices, start = [], 0
         for size in split_sizes(len(indices), self.workers):
