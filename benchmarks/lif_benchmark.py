@@ -1,6 +1,6 @@
 """Timings of the LIF neuron and the spike rate, forward + backward.
 
-NumPy (the array reference) always; kernels/lif.cu on the GPU when CuPy and a CUDA device work,
+NumPy (the array reference) always; minisdit/kernels/lif.cu on the GPU when CuPy and a CUDA device work,
 for N = 2^20 neurons and T = 4 and 32, with the bandwidth achieved on the bytes that must move:
 
     LIF forward   reads x, writes spikes and h      3 T N elements

@@ -6,7 +6,7 @@
 One training step = forward of the model, the hybrid DDPM loss, backward, AdamW update, exactly as
 ``python -m minisdit.train`` takes it (``Trainer.train_step``).  The first steps (warm-up: kernel
 compilation, allocator growth, starting the worker processes) are not timed.  On a CPU each preset is
-measured with each number of ``--workers`` (processes sharing a batch, minisdit/parallel.py).
+measured with each number of ``--workers`` (processes sharing a batch, minisdit/training/parallel.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from minisdit import backend
-from minisdit.trainer import Trainer
+from minisdit.cli.common import add_cpu_arguments, configure_cpu_runtime
+from minisdit.training.trainer import Trainer
 
 
 def measure(preset: str, device: str, batch_size: int, steps: int, warmup: int, workers: int = 1) -> float:
@@ -52,12 +53,10 @@ def main():
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 256 on GPU")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--workers", default="1,2", help="CPU only: comma list of worker-process counts to measure")
-    from minisdit.train import add_cpu_arguments
-
     add_cpu_arguments(parser)
     args = parser.parse_args()
     if args.device == "cpu":
-        backend.configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
+        configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
     gpu = args.device == "gpu"
     presets = (args.presets or ("tiny,small,paper,paper-cifar" if gpu else "tiny,small")).split(",")
     batch_size = args.batch_size or (256 if gpu else 32)

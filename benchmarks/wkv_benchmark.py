@@ -18,8 +18,9 @@ import time
 
 import numpy as np
 
-from minisdit import backend, cuda
-from minisdit.rwkv import (kernel_defines, wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel,
+from minisdit import backend
+from minisdit.kernels import runtime as cuda
+from minisdit.rwkv.wkv_operator import (kernel_defines, wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel,
                            wkv_forward_numpy)
 
 VALUES_MOVED_PER_ELEMENT = 4 + 7

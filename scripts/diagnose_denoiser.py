@@ -24,11 +24,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from minisdit import Tensor, backend, data, no_grad  # noqa: E402
-from minisdit.checkpoint import CheckpointError  # noqa: E402
+from minisdit.training.checkpoint import CheckpointError  # noqa: E402
 from minisdit.data import to_model_range  # noqa: E402
 from minisdit.diffusion import GaussianDiffusion  # noqa: E402
-from minisdit.images import save_grid, to_uint8  # noqa: E402
-from minisdit.sample import generate, load_model  # noqa: E402
+from minisdit.data.images import save_grid, to_uint8  # noqa: E402
+from minisdit.diffusion import generate  # noqa: E402
+from minisdit.training.checkpoint import load_model  # noqa: E402
 
 
 def noise_level_table(model, diffusion, images, labels, rng, steps=(50, 150, 300, 450, 600, 750, 900)):

@@ -26,8 +26,8 @@ from minisdit.data import load_dataset  # noqa: E402
 from minisdit.metrics.fid import FeatureStatistics  # noqa: E402
 from minisdit.metrics.layers import cross_entropy  # noqa: E402
 from minisdit.metrics.lenet import DATASETS, LeNet, images_to_input, lenet_features, lenet_probabilities, save_lenet  # noqa: E402
-from minisdit.optim import AdamW  # noqa: E402
-from minisdit.tensor import Tensor  # noqa: E402
+from minisdit.autograd.optim import AdamW  # noqa: E402
+from minisdit.autograd.tensor import Tensor  # noqa: E402
 
 
 def accuracy(model, images, labels) -> float:

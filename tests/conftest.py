@@ -59,7 +59,7 @@ def to_device(device):
 @pytest.fixture(autouse=True)
 def _restore_cpu_kernel_setting():
     """The command-line tools switch on the compiled CPU kernels process-wide; give every test the default."""
-    from minisdit import cuda
+    from minisdit.kernels import runtime as cuda
 
     previous = cuda.use_cpu_kernels(False)
     yield

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from ..autograd import backend
 
 
 def _resolved(eigenvalues: np.ndarray) -> np.ndarray:

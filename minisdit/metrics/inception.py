@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend
-from .. import functional as F
-from ..nn import Module, Parameter
-from ..images import to_uint8
-from ..tensor import Tensor, no_grad
+from ..autograd import backend
+from ..autograd import functional as F
+from ..autograd.nn import Module, Parameter
+from ..data.images import to_uint8
+from ..autograd.tensor import Tensor, no_grad
 from .layers import avg_pool2d, max_pool2d
 
 FEATURE_DIM = 2048

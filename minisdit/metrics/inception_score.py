@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from ..autograd import backend
 
 
 def _score(probabilities: np.ndarray) -> float:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
-from ..tensor import Function, Tensor
+from ..autograd import backend
+from ..autograd.tensor import Function, Tensor
 
 
 def _pair(value, name: str) -> tuple[int, int]:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend
-from .. import functional as F
-from ..nn import Conv2d, Linear, Module
-from ..tensor import Tensor, no_grad
+from ..autograd import backend
+from ..autograd import functional as F
+from ..autograd.nn import Conv2d, Linear, Module
+from ..autograd.tensor import Tensor, no_grad
 from .fid import FeatureStatistics
 from .inception import as_uint8
 from .layers import max_pool2d, softmax

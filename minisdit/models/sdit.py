@@ -1,4 +1,4 @@
-"""SDiT: the Spiking Diffusion Transformer (Yang et al., arXiv 2402.11588), as DESIGN.md section 3.
+"""SDiT: the Spiking Diffusion Transformer (Yang et al., arXiv 2402.11588), as docs/DESIGN.md §3.
 
 The data flow, with N images of C channels, H = W = 28, patch p, L = (H/p)(W/p), M = L + 1, width D:
 
@@ -32,12 +32,13 @@ import math
 
 import numpy as np
 
-from .. import backend
-from .. import functional as F
-from .. import nn
+from ..autograd import backend
+from ..autograd import functional as F
+from ..autograd import nn
 from ..rwkv import ChannelMix, TimeMix
 from ..snn import SpikeRate
-from ..tensor import Tensor
+from ..autograd.tensor import Tensor
+from .reconstruction import ReconstructionModule
 
 PRESETS = {
     "tiny": dict(hidden_size=64, depth=2, patch_size=4),
@@ -114,25 +115,6 @@ class LabelEmbedder(nn.Module):
         if self.dropout_prob <= 0:
             return y
         return np.where(drop_rng.random(y.shape[0]) < self.dropout_prob, self.num_classes, y)
-
-
-class ReconstructionModule(nn.Module):
-    """G = (R_hat W_a^T + b_a)^T W_b^T + b_b;  the block output is X_hat * (1 + G).
-
-    fc_a mixes the D features of each reconstruction token into M numbers (A: N x M x M); after
-    the transpose, fc_b maps each patch's M-vector back to D features, so every patch receives a
-    gate built from all M reconstruction tokens.
-    """
-
-    def __init__(self, hidden_size, num_tokens, rng):
-        super().__init__()
-        self.fc_a = nn.Linear(hidden_size, num_tokens, rng=rng)
-        self.fc_b = nn.Linear(num_tokens, hidden_size, rng=rng)
-
-    def forward(self, x_hat, r_hat):
-        a = self.fc_a(r_hat)                         # (N, M, M)
-        g = self.fc_b(F.transpose(a, (0, 2, 1)))     # (N, M, D)
-        return x_hat * (g + 1.0)
 
 
 class SDiTBlock(nn.Module):

@@ -34,7 +34,7 @@ respect to x is carried along the time loop next to the state,
 so neither pass builds a (T, ...) array and the backward needs nothing but x.
 
 Every operation exists three times, and tests keep them equal: the array reference below (NumPy or
-CuPy, vectorised over neurons, a loop over T), the CUDA kernels in ``kernels/lif.cu`` (used for
+CuPy, vectorised over neurons, a loop over T), the CUDA kernels in ``minisdit/kernels/lif.cu`` (used for
 CuPy arrays), and ``lif_unrolled``, an autograd composition of ``minisdit.functional`` ops.
 """
 from __future__ import annotations
@@ -47,10 +47,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import backend, cuda
-from .. import functional as F
-from ..nn import Module
-from ..tensor import Function, Tensor
+from ..autograd import backend
+from ..kernels import runtime as cuda
+from ..autograd import functional as F
+from ..autograd.nn import Module
+from ..autograd.tensor import Function, Tensor
 from .surrogate import SURROGATES, ATan, Surrogate, check_surrogate
 
 KERNEL_FILE = "lif.cu"
@@ -109,7 +110,7 @@ class LIFOptions:
         return 1.0 - 1.0 / self.tau
 
     def kernel_defines(self, dtype) -> dict:
-        """The preprocessor defines that select this neuron's variant of kernels/lif.cu."""
+        """The preprocessor defines that select this neuron's variant of minisdit/kernels/lif.cu."""
         return kernel_defines(self.surrogate, self.hard_reset, self.detach_reset, self.decay_input, dtype)
 
 
@@ -124,7 +125,7 @@ def kernel_defines(surrogate: Surrogate, hard_reset: bool, detach_reset: bool, d
 
 
 def kernel_variants():
-    """Every set of defines that the library can ask kernels/lif.cu for."""
+    """Every set of defines that the library can ask minisdit/kernels/lif.cu for."""
     for surrogate_class, hard, detach, decay, dtype in itertools.product(
             SURROGATES, (True, False), (False, True), (True, False), SUPPORTED_DTYPES):
         yield kernel_defines(surrogate_class(), hard, detach, decay, dtype)
@@ -230,10 +231,10 @@ def spike_rate_backward_reference(x, grad_rate, T: int, o: LIFOptions):
 
 
 # ---------------------------------------------------------------------------------------------
-# the CUDA kernels (kernels/lif.cu)
+# the CUDA kernels (minisdit/kernels/lif.cu)
 # ---------------------------------------------------------------------------------------------
 class LIFKernels:
-    """The kernels of kernels/lif.cu for one neuron variant and dtype.
+    """The kernels of minisdit/kernels/lif.cu for one neuron variant and dtype.
 
     ``on_gpu=True`` launches them with CuPy on CuPy arrays; ``on_gpu=False`` runs the same source
     compiled for the CPU (``cuda.cpu_kernels``) on NumPy arrays, so that tests exercise this very
@@ -245,7 +246,7 @@ class LIFKernels:
     def __init__(self, options: LIFOptions, dtype, *, on_gpu: bool = True, block: int | None = None,
                  max_blocks: int | None = None):
         if not options.spiking:
-            raise ValueError("kernels/lif.cu implements spiking neurons only; spiking=False runs the array reference")
+            raise ValueError("minisdit/kernels/lif.cu implements spiking neurons only; spiking=False runs the array reference")
         self.options, self.dtype = options, np.dtype(dtype)
         self.block, self.max_blocks = block, max_blocks
         defines = options.kernel_defines(self.dtype)  # raises for dtypes other than float32 / float64

@@ -10,7 +10,7 @@ Each surrogate has
   * ``primitive(x)``: g(x), used in place of Theta when a neuron runs with ``spiking=False`` (a
     smooth network whose gradient can be checked against finite differences);
   * ``derivative(x)``: g'(x), the surrogate gradient used in every backward pass;
-  * ``id`` and ``name``: select the variant of ``kernels/lif.cu`` (the ``SURROGATE`` define).
+  * ``id`` and ``name``: select the variant of ``minisdit/kernels/lif.cu`` (the ``SURROGATE`` define).
 
 Calling a surrogate on a Tensor gives the spikes with the surrogate gradient attached:
 ``ATan()(x)`` is Theta(x) forward and g'(x) backward (``spiking=False``: g(x) forward).
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 
-from .. import backend
-from ..tensor import Function, Tensor
+from ..autograd import backend
+from ..autograd.tensor import Function, Tensor
 
 
 def _erf(x):

@@ -1,0 +1,68 @@
+"""What the command-line tools share: one-line argument errors, the CPU options and their runtime
+settings, and the choice of device."""
+from __future__ import annotations
+
+import argparse
+
+from threadpoolctl import threadpool_limits
+
+from ..autograd import backend
+from ..kernels import runtime as cuda
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line gives one line ("error: ...; see --help"), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def add_cpu_arguments(parser):
+    """--blas-threads and --no-cpu-kernels, shared by train, sample and evaluate."""
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="BLAS threads on the CPU (default 1: SDiT's matrices are small, and extra BLAS threads "
+                             "competing for a few cores were 5-10x slower; 0 keeps the library's default)")
+    parser.add_argument("--no-cpu-kernels", action="store_true",
+                        help="on the CPU, run LIF and WKV with the NumPy references instead of minisdit/kernels/*.cu compiled as C++")
+
+
+def _gpu_name() -> str:
+    try:
+        cupy = backend.get_array_module("gpu")
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # only decoration for the message; the device itself was checked already
+        return "CUDA GPU"
+
+
+def choose_device(requested: str | None) -> tuple[str, str]:
+    """The device to use and a sentence saying which and why (the first line the CLIs print)."""
+    if requested == "gpu":
+        backend.get_array_module("gpu")  # raises DeviceUnavailableError with the real reason
+        return "gpu", f"device: gpu ({_gpu_name()}; asked for with --device gpu)"
+    if requested == "cpu":
+        return "cpu", "device: cpu (asked for with --device cpu)"
+    try:
+        backend.get_array_module("gpu")
+    except backend.DeviceUnavailableError as error:
+        return "cpu", f"device: cpu (no usable GPU: {error})"
+    return "gpu", f"device: gpu ({_gpu_name()}; found a usable CUDA GPU, --device cpu to avoid it)"
+
+
+def configure_cpu_runtime(blas_threads: int = 1, compiled_kernels: bool = True) -> str | None:
+    """Settings that make SDiT fast on a CPU; the command-line tools call this for ``--device cpu``.
+
+    * ``blas_threads``: SDiT's matrices are small, and extra BLAS threads competing for a few cores
+      were 5-10x slower on a two-core machine (0 leaves the BLAS library's own setting).
+    * ``compiled_kernels``: run LIF and WKV as minisdit/kernels/*.cu compiled as C++ (``cuda.use_cpu_kernels``)
+      when a C++ compiler is present.
+
+    Returns a sentence for the user about the kernels, or None.
+    """
+    if blas_threads > 0:
+        threadpool_limits(limits=blas_threads, user_api="blas")
+    if compiled_kernels:
+        if cuda.cpu_compiler() is not None:
+            cuda.use_cpu_kernels(True)
+            return "LIF and WKV run as minisdit/kernels/*.cu compiled for the CPU (--no-cpu-kernels: NumPy references)"
+    return None

@@ -1,0 +1,121 @@
+"""Draw images from a trained SDiT:
+
+    python -m minisdit.sample --ckpt runs/mnist-tiny/checkpoint.safetensors --num 64 --sampler ddpm \
+        --steps 250 --cfg-scale 1.0 --out grid.png        # or --out samples.npz (uint8 images + labels)
+
+The same checkpoint, seed, labels, sampler, steps and --batch-size give the same images.  The
+.npz holds ``images`` (N, C, H, W) uint8 (round((x + 1) 127.5) clipped, DESIGN.md section 5),
+``labels`` (N,) int64, and what made them: ``sampler``, ``steps``, ``cfg_scale``, ``eta``,
+``seed``, ``checkpoint_step``, ``weights`` ("ema" or "model").
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..autograd import backend
+from ..diffusion import SAMPLERS, generate
+from ..data.images import save_grid, to_uint8
+from ..diffusion import GaussianDiffusion
+from ..training.checkpoint import CheckpointError, load_model
+from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def build_parser():
+    parser = OneLineParser(prog="python -m minisdit.sample", description="Draw images from a trained SDiT.")
+    parser.add_argument("--ckpt", required=True, help="a checkpoint.safetensors written by minisdit.train")
+    parser.add_argument("--num", type=int, default=64, help="how many images")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    parser.add_argument("--steps", type=int, default=250, help="respaced steps, 1..1000 (the authors: 250)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    parser.add_argument("--labels", default=None, help="comma list of class labels, repeated to --num "
+                                                       "(default: 0, 1, ..., cycling through the classes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: gpu if usable, else cpu")
+    parser.add_argument("--batch-size", type=int, default=256, help="images drawn together (part of what the seed fixes)")
+    parser.add_argument("--no-ema", action="store_true", help="use the trained weights even when EMA weights exist")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--out", default="samples.png", help=".png (a grid) or .npz (uint8 images and labels)")
+    add_cpu_arguments(parser)
+    return parser
+
+
+def check_arguments(args) -> None:
+    for name in ("num", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not 1 <= args.steps <= 1000:
+        raise ValueError(f"--steps must lie in 1..1000 (the diffusion has 1000 steps), got {args.steps}")
+    if not args.eta >= 0:
+        raise ValueError(f"--eta must be zero or positive, got {args.eta}")
+    if not args.cfg_scale >= 0:
+        raise ValueError(f"--cfg-scale must be zero or positive, got {args.cfg_scale}")
+    suffix = Path(args.out).suffix.lower()
+    if suffix != ".npz" and suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {args.out} must end in .npz (uint8 images for evaluation) or an image suffix such as .png")
+
+
+def parse_labels(text: str | None, num: int, num_classes: int) -> np.ndarray:
+    """--labels "3,5" -> 3, 5, 3, 5, ... (num of them); None -> 0, 1, ..., num_classes - 1, 0, ..."""
+    if text is None:
+        return np.arange(num, dtype=np.int64) % num_classes
+    try:
+        values = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise ValueError(f"--labels must be a comma list of integers such as 3,5,7, got {text!r}") from None
+    if not values:
+        raise ValueError("--labels is empty; give a comma list of integers such as 3,5,7")
+    if min(values) < 0 or max(values) > num_classes:
+        raise ValueError(f"--labels must lie in 0..{num_classes} ({num_classes} = no class), got {text!r}")
+    return np.resize(np.array(values, dtype=np.int64), num)
+
+
+def main(argv=None) -> int:
+
+    args = build_parser().parse_args(argv)
+    try:
+        check_arguments(args)
+        device, reason = choose_device(args.device)
+        print(reason, flush=True)
+        if device == "cpu":
+            configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
+        model, checkpoint = load_model(args.ckpt, device=device, use_ema=not args.no_ema)
+        which = checkpoint["weights_used"]
+        labels = parse_labels(args.labels, args.num, model.num_classes)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            images = generate(GaussianDiffusion(), model, labels, sampler=args.sampler, steps=args.steps,
+                              seed=args.seed, cfg_scale=args.cfg_scale, eta=args.eta, batch_size=args.batch_size,
+                              progress=not args.no_progress and sys.stderr.isatty())
+        if not np.isfinite(images).all():
+            raise ValueError(f"the samples hold non-finite values; checkpoint {args.ckpt} (step {checkpoint['step']}) "
+                             "may hold diverged weights; use an earlier checkpoint")
+        images = to_uint8(images)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".npz":
+            np.savez(out, images=images, labels=labels, sampler=np.array(args.sampler), steps=np.array(args.steps),
+                     cfg_scale=np.array(args.cfg_scale), eta=np.array(args.eta), seed=np.array(args.seed),
+                     checkpoint_step=np.array(checkpoint["step"]), weights=np.array(which))
+        else:
+            # one class per column: the label cycle, when it is short enough to read as columns
+            cycle = model.num_classes if args.labels is None else len(set(labels[:args.num].tolist()))
+            columns = min(args.num, cycle if cycle <= 16 else 10)
+            save_grid(images, out, columns=columns)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (CheckpointError, ValueError, OSError, backend.DeviceUnavailableError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(images)} images ({args.sampler}, {args.steps} steps, cfg {args.cfg_scale}, "
+          f"{which} weights of step {checkpoint['step']}) to {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

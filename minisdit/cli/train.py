@@ -1,0 +1,225 @@
+"""Train SDiT:  python -m minisdit.train --dataset mnist --device gpu
+
+One step: take a batch x0 in [-1, 1], draw t uniformly from 0..999 and noise eps, form
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, predict (eps_hat, v) with the model, and minimise
+mean (eps - eps_hat)^2 + L_vb (DESIGN.md section 4) with AdamW.  On a CPU the defaults differ (see
+CPU_DEFAULTS): each sample's (eps - eps_hat)^2 is weighted by lambda_t (truncated SNR) and two
+processes share each batch.
+
+Everything random (initial weights, batch order, t, eps, label dropout) is derived from the seed
+and a counter (see minisdit/training/trainer.py), so ``--resume`` continues an interrupted run exactly as if
+it had never stopped (bitwise on the CPU).
+
+The run folder (--out) receives config.json, log.jsonl (one JSON line per logged step),
+checkpoint.safetensors, samples_step*.png / samples_final.png and loss.png.  Ctrl-C or SIGTERM
+saves a checkpoint and says how to resume.  Errors are one line on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import data
+from ..autograd import backend
+from ..data import dataset_spec
+from ..models import PRESETS
+from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from ..training.trainer import CHECKPOINT_NAME, Trainer, TrainingError
+from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime
+
+# The authors' recipe (DESIGN.md section 4) for a GPU.  On a CPU the defaults shrink to what draws
+# recognisable digits in about 15 minutes on two cores (docs/decisions.md has the measurements): the
+# `tiny` model, two processes sharing each batch of 32, lr 2e-3 with warm-up, the ε-MSE weighted by
+# truncated SNR (capped at 30) so that the class and shape are worth learning early, and sample grids
+# drawn with classifier-free guidance.
+CPU_CFG_SCALE = 8.0
+GPU_DEFAULTS = dict(preset="paper", batch_size=256, lr=1e-4, epochs=1600, sample_steps=250, sample_every=5000,
+                    sample_num=100, ckpt_every=5000, log_every=50)
+CPU_DEFAULTS = dict(preset="tiny", batch_size=32, lr=2e-3, warmup_steps=100, steps=4800, sample_steps=100, sample_every=2000,
+                    sample_num=20, ckpt_every=250, log_every=10, workers=2, mse_weighting="truncated-snr", max_mse_weight=30.0,
+                    cfg_scale=CPU_CFG_SCALE)
+# defaults that do not depend on the device
+COMMON_DEFAULTS = dict(dataset="mnist", seed=0, weight_decay=0.01, warmup_steps=0, grad_clip=0.0, ema=0.0,
+                       cfg_scale=1.0, num_train=None, workers=1, mse_weighting="uniform", max_mse_weight=30.0,
+                       lr_decay_fraction=0.0)
+# what a resumed run must share with its checkpoint (they decide the model's shape)
+FIXED_ON_RESUME = ("dataset", "preset")
+# what may be changed on resume: the run goes on with the new value (and says so)
+TRAINING_OPTIONS = ("batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema", "seed", "num_train", "workers",
+                    "mse_weighting", "max_mse_weight", "lr_decay_fraction")
+OUTPUT_OPTIONS = ("sample_every", "sample_steps", "sample_num", "ckpt_every", "log_every", "cfg_scale")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m minisdit.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default=None, help="mnist (default), fashion-mnist or cifar10")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: gpu if usable, else cpu")
+    parser.add_argument("--preset", default=None, help="tiny, small, paper, paper-cifar (default: paper on GPU, tiny on CPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-4 on GPU, 2e-3 on CPU)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay (default 0.01)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps (default: 0 on GPU, as the authors; 100 on CPU)")
+    parser.add_argument("--lr-decay-fraction", type=float, default=None,
+                        help="decay the learning rate linearly to 0 over this last fraction of the steps (default 0: "
+                             "constant after warm-up, as the authors)")
+    parser.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm (default 0: off, as the authors)")
+    parser.add_argument("--epochs", type=int, default=None, help="train this many epochs (ignored when --steps is given)")
+    parser.add_argument("--steps", type=int, default=None, help="train this many optimizer steps in all")
+    parser.add_argument("--seed", type=int, default=None, help="default 0")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<preset>, or the folder of --resume PATH)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
+                        help="continue from a checkpoint (without PATH: <out>/checkpoint.safetensors)")
+    parser.add_argument("--ema", type=float, default=None, help="EMA decay of the weights, e.g. 0.9999 (default 0: off)")
+    parser.add_argument("--sample-every", type=int, default=None, help="write a sample grid every N steps")
+    parser.add_argument("--sample-steps", type=int, default=None, help="respaced DDPM steps for the sample grids")
+    parser.add_argument("--sample-num", type=int, default=None, help="images per sample grid (default: 100 on GPU, 20 on CPU)")
+    parser.add_argument("--ckpt-every", type=int, default=None, help="write a checkpoint every N steps")
+    parser.add_argument("--log-every", type=int, default=None, help="write a log line every N steps")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (1: off; default 1 on GPU, as the authors, and 8 on CPU)")
+    parser.add_argument("--data-dir", default=None, help="where data sets are cached (default: $MINISDIT_DATA or ~/.cache/minisdit)")
+    parser.add_argument("--mse-weighting", choices=["uniform", "truncated-snr"], default=None,
+                        help="weight of each sample's ε-MSE by its step t: uniform (the authors; default on GPU) or "
+                             "truncated-snr, max(1, 1/SNR_t) capped at --max-mse-weight (default on CPU: a small model "
+                             "learns the digits' shapes and classes sooner; docs/decisions.md)")
+    parser.add_argument("--max-mse-weight", type=float, default=None, help="cap of the truncated-snr weights (default 30)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="CPU processes that share each batch (default 2 on CPU; 1 on GPU, where it does not apply); "
+                             "a run is reproducible for a given number of workers")
+    parser.add_argument("--num-train", type=int, default=None, help="use only the first N training images (quick experiments)")
+    add_cpu_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal); print a line per logged step instead")
+    return parser
+
+
+def check_arguments(args) -> None:
+    """Refuse impossible values before anything is loaded (one-line ValueError)."""
+    for name in ("batch_size", "steps", "epochs", "sample_every", "sample_num", "ckpt_every", "log_every", "num_train",
+                 "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.sample_steps is not None and not 1 <= args.sample_steps <= 1000:
+        raise ValueError(f"--sample-steps must lie in 1..1000 (the diffusion has 1000 steps), got {args.sample_steps}")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    for name in ("weight_decay", "warmup_steps", "grad_clip", "cfg_scale"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be zero or positive, got {value}")
+    if args.lr_decay_fraction is not None and not 0 <= args.lr_decay_fraction < 1:
+        raise ValueError(f"--lr-decay-fraction must lie in [0, 1), got {args.lr_decay_fraction}")
+    if args.max_mse_weight is not None and not args.max_mse_weight >= 1:
+        raise ValueError(f"--max-mse-weight must be at least 1 (the weights start at 1), got {args.max_mse_weight}")
+    if args.ema is not None and not 0 <= args.ema < 1:
+        raise ValueError(f"--ema is a decay in [0, 1) (e.g. 0.9999; 0 turns EMA off), got {args.ema}")
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.dataset is not None:
+        args.dataset = dataset_spec(args.dataset).name  # "unknown dataset ...; choose one of: ..."
+
+
+def resolve_config(args, device: str) -> dict:
+    """The run's config from the command line and the defaults of ``device``."""
+    defaults = {**COMMON_DEFAULTS, **(GPU_DEFAULTS if device == "gpu" else CPU_DEFAULTS)}
+    config = {"device": device}
+    for name in FIXED_ON_RESUME + TRAINING_OPTIONS + OUTPUT_OPTIONS:
+        value = getattr(args, name)
+        config[name] = value if value is not None else defaults.get(name)
+    config["steps"], config["epochs"] = args.steps, args.epochs
+    if args.steps is None and args.epochs is None:
+        if "steps" in defaults:
+            config["steps"] = defaults["steps"]
+        else:
+            config["epochs"] = defaults["epochs"]
+    return config
+
+
+def resumed_config(args, checkpoint: dict, device: str) -> dict:
+    """The checkpoint's config, with what the command line changes (and a line saying so)."""
+    config = dict(checkpoint["config"])
+    path = checkpoint["path"]
+    for name in FIXED_ON_RESUME:
+        given = getattr(args, name)
+        if given is not None and given != config.get(name):
+            raise CheckpointError(f"checkpoint {path} was trained with --{name} {config.get(name)}, not {given}; "
+                                  f"drop --{name} to resume it, or start a new run with another --out")
+    changes = []
+    for name in TRAINING_OPTIONS + OUTPUT_OPTIONS + ("steps", "epochs"):
+        given = getattr(args, name)
+        if given is not None and given != config.get(name):
+            changes.append(f"{name} {config.get(name)} -> {given}")
+            config[name] = given
+    # the length given now decides, whichever of --steps / --epochs the first run used
+    if args.steps is not None and args.epochs is None:
+        config["epochs"] = None
+    if args.epochs is not None and args.steps is None:
+        config["steps"] = None
+    config["device"] = device
+    if changes:
+        print(f"changed on resume: {', '.join(changes)}", flush=True)
+    return config
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
+    except (TrainingError, CheckpointError, backend.DeviceUnavailableError, data.DataIntegrityError, data.FetchError,
+            ValueError, OSError) as error:
+        # every expected failure has a message that says what to do; keep it to one line
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
+    check_arguments(args)
+    device, reason = choose_device(args.device)
+    print(reason, flush=True)
+    if device == "cpu":
+        message = configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
+        if message:
+            print(message, flush=True)
+
+    checkpoint = None
+    if args.resume is not None:
+        if args.resume == "auto":
+            out = Path(args.out or f"runs/{args.dataset or COMMON_DEFAULTS['dataset']}-"
+                                   f"{args.preset or (GPU_DEFAULTS if device == 'gpu' else CPU_DEFAULTS)['preset']}")
+            path = out / CHECKPOINT_NAME
+        else:
+            path = Path(args.resume)
+            out = Path(args.out) if args.out else path.parent
+        checkpoint = load_checkpoint(path)
+        print(f"resuming from {path} at step {checkpoint['step']}", flush=True)
+        config = resumed_config(args, checkpoint, device)
+    else:
+        config = resolve_config(args, device)
+        out = Path(args.out or f"runs/{config['dataset']}-{config['preset']}")
+        if (out / CHECKPOINT_NAME).exists():
+            raise TrainingError(f"run folder {out} already holds a checkpoint; continue it with --resume, "
+                                "or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrainingError(f"cannot create the run folder {out} ({error.strerror or error}); choose another --out") from error
+
+    images, labels = data.load_dataset(config["dataset"], split="train", data_dir=args.data_dir, download=True)
+    if config.get("num_train"):
+        images, labels = images[: config["num_train"]], labels[: config["num_train"]]
+    config.setdefault("num_classes", data.dataset_spec(config["dataset"]).num_classes)
+    # a bar needs a terminal; in a log file (nohup, CI) one line per logged step reads better
+    trainer = Trainer(config, images, labels, out, progress=not args.no_progress and sys.stderr.isatty())
+    if checkpoint is not None:
+        check_compatible(checkpoint, trainer.model, checkpoint["path"])
+        trainer.restore(checkpoint)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

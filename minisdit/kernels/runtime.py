@@ -1,0 +1,308 @@
+"""Loading, compiling and running the CUDA sources in ``minisdit/kernels/*.cu``.
+
+Three ways to use one kernel source, all keyed by the same preprocessor defines (a "variant",
+for example ``{"SURROGATE": 0, "HARD_RESET": 1, "scalar_t": "float"}``):
+
+* ``gpu_function(file, kernel, defines)``: compile with CuPy's ``RawModule`` and return the
+  kernel, cached per variant.  Compile errors reach the caller unchanged.
+* ``nvrtc_compile(source, defines)``: compile to PTX with NVRTC (the ``nvidia-cuda-nvrtc-cu12``
+  wheel, or the toolkit's libnvrtc) without a GPU, so that CI catches a broken kernel.
+* ``cpu_kernels(file, defines)``: compile the same source as C++ with ``cuda_cpu_shim.h`` and run
+  it on the CPU, thread by thread, so that tests compare the kernel itself with its NumPy
+  reference on a machine without a GPU.
+
+Kernels follow one convention (DESIGN.md section 7): ``extern "C" __global__`` functions, one
+thread per independent recurrence, scalars passed by value.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+def kernel_directory() -> Path:
+    """The folder holding the ``.cu`` files: this package's own folder (installed as package data)."""
+    return Path(__file__).resolve().parent
+
+
+def kernel_source(file_name: str) -> str:
+    return (kernel_directory() / file_name).read_text()
+
+
+def _define_flags(defines: dict) -> list[str]:
+    return [f"-D{name}={value}" for name, value in sorted(defines.items())]
+
+
+def _freeze(defines: dict | None) -> tuple:
+    return tuple(sorted((defines or {}).items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: CuPy RawModule
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _gpu_module(file_name: str, frozen_defines: tuple):
+    import cupy  # the caller has already checked that the GPU backend works
+
+    options = tuple(_define_flags(dict(frozen_defines))) + ("--std=c++14",)
+    return cupy.RawModule(code=kernel_source(file_name), options=options)
+
+
+def gpu_function(file_name: str, kernel_name: str, defines: dict | None = None):
+    """The compiled CuPy kernel ``kernel_name`` from ``kernels/file_name`` for this variant."""
+    return _gpu_module(file_name, _freeze(defines)).get_function(kernel_name)
+
+
+# The C type behind ``scalar_t`` for each array dtype the kernels accept.
+SCALAR_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def scalar_type(dtype) -> str:
+    """"float" or "double": the ``scalar_t`` define that makes a kernel work on arrays of ``dtype``."""
+    name = SCALAR_TYPES.get(np.dtype(dtype))
+    if name is None:
+        raise TypeError(f"the CUDA kernels take float32 or float64 arrays, got {np.dtype(dtype)}; cast them with .astype(np.float32)")
+    return name
+
+
+# On the CPU every kernel runs sequentially; a grid of one block of one thread makes the kernel's
+# grid-stride loop visit every element in one call instead of one call per thread.
+CPU_LAUNCH = ((1,), (1,))
+
+
+def launch_configuration(threads: int, block: int = 256) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) covering ``threads`` threads, one per independent recurrence."""
+    return ((threads + block - 1) // block,), (block,)
+
+
+def launch(kernel, threads: int, args, block: int | None = None, max_blocks: int | None = None,
+           gpu_block: int = 256) -> None:
+    """Run ``kernel`` (CuPy's, or a ``CpuKernel``) over ``threads`` independent recurrences.
+
+    ``block=None`` picks the fast launch: one CPU thread for a ``CpuKernel`` (``CPU_LAUNCH``), and
+    ``gpu_block`` threads per block on a GPU.  An explicit ``block`` launches enough blocks of that
+    size on either device, so that a CPU run exercises the kernel's multi-block indexing;
+    ``max_blocks`` caps the grid, so that its grid-stride loop must wrap.
+    """
+    if threads == 0:
+        return  # nothing to do, and CUDA rejects a grid of zero blocks
+    if block is None and isinstance(kernel, CpuKernel):
+        grid, block_shape = CPU_LAUNCH
+    else:
+        grid, block_shape = launch_configuration(threads, gpu_block if block is None else block)
+    if max_blocks is not None:
+        grid = (min(grid[0], max_blocks),)
+    kernel(grid, block_shape, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# NVRTC: compile without a GPU
+# ---------------------------------------------------------------------------------------------
+class KernelCompileError(RuntimeError):
+    """A kernel source failed to compile; the message holds the compiler's log."""
+
+
+def _find_nvrtc() -> str | None:
+    patterns = []
+    for entry in sys.path:
+        patterns.append(os.path.join(entry, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*"))
+        patterns.append(os.path.join(entry, "nvidia", "cu*", "lib", "libnvrtc.so*"))
+    for root in filter(None, [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]):
+        patterns.append(os.path.join(root, "lib64", "libnvrtc.so*"))
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            if "builtins" not in os.path.basename(path):
+                return path
+    return None
+
+
+def nvrtc_available() -> bool:
+    return _find_nvrtc() is not None
+
+
+def nvrtc_compile(source: str, defines: dict | None = None, arch: str = "compute_80", name: str = "kernel.cu") -> str:
+    """Compile CUDA C ``source`` to PTX with NVRTC; raise ``KernelCompileError`` with the log."""
+    library_path = _find_nvrtc()
+    if library_path is None:
+        raise FileNotFoundError('libnvrtc not found; install it with: pip install nvidia-cuda-nvrtc-cu12 (part of ".[dev]")')
+    nvrtc = ctypes.CDLL(library_path)
+    program = ctypes.c_void_p()
+
+    def check(status, what):
+        if status != 0:
+            nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+            raise KernelCompileError(f"NVRTC {what} failed: {nvrtc.nvrtcGetErrorString(status).decode()}")
+
+    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(), 0, None, None), "create")
+    options = [f"--gpu-architecture={arch}", "--std=c++14"] + _define_flags(defines or {})
+    option_array = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+    status = nvrtc.nvrtcCompileProgram(program, len(options), option_array)
+    log_size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(log_size))
+    log = ctypes.create_string_buffer(log_size.value)
+    nvrtc.nvrtcGetProgramLog(program, log)
+    if status != 0:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+        raise KernelCompileError(f"{name} ({' '.join(options)}) failed to compile:\n{log.value.decode()}")
+    ptx_size = ctypes.c_size_t()
+    check(nvrtc.nvrtcGetPTXSize(program, ctypes.byref(ptx_size)), "PTX size")
+    ptx = ctypes.create_string_buffer(ptx_size.value)
+    check(nvrtc.nvrtcGetPTX(program, ptx), "PTX")
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+    return ptx.value.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: the same source compiled as C++ and run thread by thread
+# ---------------------------------------------------------------------------------------------
+_cpu_kernels_for_training = False
+
+
+def use_cpu_kernels(enabled: bool = True) -> bool:
+    """Run the LIF and WKV ops on NumPy arrays with the kernels compiled as C++ instead of the NumPy
+    references (the same results up to float rounding; about twice as fast for a whole SDiT training
+    step, since the references loop over time in Python).  Returns the previous setting.
+
+    Off by default so that tests and tutorials exercise the references; ``minisdit.train`` turns it on
+    for CPU runs when a C++ compiler is found (``--no-cpu-kernels`` keeps the references).
+    """
+    global _cpu_kernels_for_training
+    previous, _cpu_kernels_for_training = _cpu_kernels_for_training, bool(enabled)
+    return previous
+
+
+def cpu_kernels_enabled() -> bool:
+    return _cpu_kernels_for_training
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler used for CPU kernels (``$CXX``, g++ or c++), or None."""
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+
+
+_KERNEL_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
+
+_CTYPES = {
+    "float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int, "long long": ctypes.c_longlong,
+    "unsigned int": ctypes.c_uint, "scalar_t": None,
+}
+
+
+def kernel_signatures(source: str) -> dict[str, list[tuple[str, str]]]:
+    """{kernel name: [(parameter type, parameter name), ...]} for every extern "C" kernel."""
+    signatures = {}
+    for name, parameters in _KERNEL_SIGNATURE.findall(source):
+        parsed = []
+        for parameter in " ".join(parameters.split()).split(","):
+            match = re.match(r"(.*?)(\w+)\s*$", parameter.strip())
+            parsed.append((match.group(1).strip(), match.group(2)))
+        signatures[name] = parsed
+    return signatures
+
+
+class CpuKernel:
+    """A kernel compiled for the CPU, called like a CuPy kernel: ``kernel(grid, block, args)``."""
+
+    def __init__(self, function, parameters, scalar_type):
+        self.function, self.parameters, self.scalar_type = function, parameters, scalar_type
+
+    def __call__(self, grid, block, args):
+        if len(args) != len(self.parameters):
+            raise TypeError(f"kernel takes {len(self.parameters)} arguments, got {len(args)}")
+        converted = [ctypes.c_uint(int(grid[0])), ctypes.c_uint(int(block[0]))]
+        # the arrays stay alive during the call because ``args`` holds them
+        for (ctype_name, name), value in zip(self.parameters, args):
+            if "*" in ctype_name:
+                if not (isinstance(value, np.ndarray) and value.flags.c_contiguous):
+                    raise TypeError(f"argument {name} must be a C-contiguous numpy array")
+                converted.append(ctypes.c_void_p(value.ctypes.data))
+            else:
+                base = ctype_name.replace("const", "").strip()
+                if base == "scalar_t":
+                    base = self.scalar_type
+                converted.append(_CTYPES[base](value))
+        self.function(*converted)
+
+
+def _launcher_source(source_path: Path, signatures) -> str:
+    lines = ['#include "cuda_cpu_shim.h"', f'#include "{source_path.name}"', ""]
+    for name, parameters in signatures.items():
+        declared = ", ".join(f"{ctype} {pname}" for ctype, pname in parameters)
+        passed = ", ".join(pname for _, pname in parameters)
+        lines += [
+            f'extern "C" void cpu_launch_{name}(unsigned int grid, unsigned int block, {declared}) {{',
+            "    gridDim.x = grid; blockDim.x = block;",
+            "    for (unsigned int b = 0; b < grid; ++b) {",
+            "        blockIdx.x = b;",
+            "        for (unsigned int t = 0; t < block; ++t) {",
+            f"            threadIdx.x = t; {name}({passed});",
+            "        }",
+            "    }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _cache_directory() -> Path:
+    root = Path(os.environ.get("MINISDIT_KERNEL_CACHE", Path(tempfile.gettempdir()) / "minisdit-kernels"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+# Part of the cache key with the compiler and the sources, so that changing any of them rebuilds the library.
+CPU_COMPILE_OPTIONS = ["-O2", "-std=c++14", "-shared", "-fPIC"]
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_library(file_name: str, frozen_defines: tuple):
+    compiler = cpu_compiler()
+    if compiler is None:
+        raise FileNotFoundError("running kernels on the CPU needs a C++ compiler (g++); install build-essential")
+    directory = kernel_directory()
+    source = kernel_source(file_name)
+    signatures = kernel_signatures(source)
+    launcher = _launcher_source(directory / file_name, signatures)
+    flags = _define_flags(dict(frozen_defines))
+    options = CPU_COMPILE_OPTIONS + flags
+    key = hashlib.sha256((compiler + source + launcher + " ".join(options) + (directory / "cuda_cpu_shim.h").read_text()).encode()).hexdigest()[:16]
+    cache = _cache_directory()
+    library_path = cache / f"{Path(file_name).stem}-{key}.so"
+    if not library_path.exists():
+        # Several processes (test workers) may compile the same variant at once: each writes and
+        # compiles its own pid-named files and renames them into place, so nobody reads a half-written
+        # file.  The launcher keeps its .cpp suffix, which is how the compiler knows it is C++.
+        stem = f"{Path(file_name).stem}-{key}"
+        launcher_path = cache / f"{stem}.cpp"
+        launcher_temporary = cache / f"{stem}.{os.getpid()}.cpp"
+        launcher_temporary.write_text(launcher)
+        temporary = library_path.with_suffix(f".{os.getpid()}.tmp")
+        command = [compiler, *options, "-I", str(directory),
+                   "-o", str(temporary), str(launcher_temporary)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise KernelCompileError(f"{file_name} failed to compile as C++ for the CPU:\n{result.stderr}")
+        os.replace(launcher_temporary, launcher_path)  # kept next to the .so for reading
+        os.replace(temporary, library_path)
+    library = ctypes.CDLL(str(library_path))
+    scalar_type = dict(frozen_defines).get("scalar_t", "float")
+    kernels = {}
+    for name, parameters in signatures.items():
+        function = getattr(library, f"cpu_launch_{name}")
+        function.restype = None
+        kernels[name] = CpuKernel(function, parameters, scalar_type)
+    return kernels
+
+
+def cpu_kernels(file_name: str, defines: dict | None = None) -> dict[str, CpuKernel]:
+    """Every kernel of ``kernels/file_name`` compiled for the CPU, for this variant."""
+    return _cpu_library(file_name, _freeze(defines))

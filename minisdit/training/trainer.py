@@ -1,0 +1,418 @@
+"""The training loop behind ``python -m minisdit.train``: steps, logs, samples and checkpoints.
+
+Randomness is derived from (seed, purpose, counter) rather than carried in generator objects:
+the batch order of epoch e comes from default_rng([seed, 0, e]); t and eps of step s from
+default_rng([seed, 1, s]); label dropout of step s from default_rng([seed, 2, s]).  Nothing else
+in a step is random (EMA and AdamW are deterministic; the sample grids use their own model copy
+and seed), so a resumed run needs only the weights, the optimizer and EMA state and the step
+number to draw exactly what the uninterrupted run would have drawn: on the CPU the two end with
+bitwise equal weights.
+
+Stopping: SIGINT (Ctrl-C) and SIGTERM stop the run at once while it computes (forward, backward,
+sample grids change no state), but are held back while it changes state (the optimizer update,
+the EMA update, the step counter, the log line and a checkpoint), so a stop never catches a
+half-updated model.  The loop then saves a checkpoint at the current step and returns
+128 + the signal number (130 for Ctrl-C).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from ..autograd import backend
+from ..autograd.optim import EMA, AdamW, clip_grad_norm
+from ..autograd.tensor import Tensor
+from ..data import to_model_range
+from ..data.images import save_grid, to_uint8
+from ..diffusion import GaussianDiffusion, generate
+from ..models import sdit_from_preset
+from .checkpoint import CheckpointError, save_checkpoint
+from .parallel import DataParallel, WorkerError, split_sizes
+from .signals import StopSignals
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+LOG_NAME = "log.jsonl"
+RNG_SCHEME = "numpy default_rng([seed, purpose, counter])"
+RNG_PURPOSES = {"batch_order": "[seed, 0, epoch]", "t_and_noise": "[seed, 1, step]",
+                "label_dropout": "[seed, 2, step]"}
+# the first checkpoints named the same derivation this way
+SAME_RNG_SCHEMES = (RNG_SCHEME, "derived from (seed, purpose, counter)")
+OPTIMIZER_SCALARS = ("lr", "beta1", "beta2", "eps", "weight_decay", "num_params")
+
+
+def _scalars_as_0d(optimizer_state: dict) -> dict:
+    """Checkpoints of the first version stored the optimizer's scalars with shape (1,); make them 0-d."""
+    def is_scalar(key):
+        return key in OPTIMIZER_SCALARS or (key.startswith("state.") and key.endswith(".step"))
+    return {key: value.reshape(()) if is_scalar(key) and value.shape == (1,) else value
+            for key, value in optimizer_state.items()}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Trainer:
+    def __init__(self, config: dict, images: np.ndarray, labels: np.ndarray, out: Path, progress: bool = True):
+        self.config, self.images, self.labels, self.out, self.progress = config, images, labels, Path(out), progress
+        self.device = config["device"]
+        config.setdefault("in_channels", int(images.shape[1]))
+        config.setdefault("input_size", int(images.shape[-1]))
+        config.setdefault("num_classes", 10)
+        self.xp = backend.get_array_module(self.device)
+        self.model = sdit_from_preset(config["preset"], in_channels=config["in_channels"],
+                                      num_classes=config["num_classes"], input_size=config["input_size"],
+                                      seed=config["seed"]).to(device=self.device)
+        # runs from before the weighting option had none: they resume with the plain ε-MSE they used
+        self.diffusion = GaussianDiffusion(mse_weighting=config.get("mse_weighting") or "uniform",
+                                           max_mse_weight=config.get("max_mse_weight") or 30.0)
+        self.optimizer = AdamW(self.model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+        self.ema = EMA(self.model, decay=config["ema"]) if config["ema"] else None
+        self._sampling_model = None  # a second model for EMA samples, so sampling never touches training state
+        self.step = 0
+        self.batches_per_epoch = len(images) // config["batch_size"]
+        if self.batches_per_epoch == 0:
+            raise TrainingError(f"batch size {config['batch_size']} is larger than the {len(images)} training images; "
+                                "lower --batch-size")
+        self.total_steps = config["steps"] or config["epochs"] * self.batches_per_epoch
+        self.last_good_checkpoint = None  # (path, step) of the newest checkpoint known to be sound
+        # CPU processes sharing each batch (minisdit/training/parallel.py); 1: this process alone
+        self.workers = min(int(config.get("workers") or 1), config["batch_size"]) if self.device == "cpu" else 1
+        self._parallel = None
+        self._loss_names = ["mse", "vb"] if self.diffusion.loss == "hybrid" else ["mse"]
+        self.stops = StopSignals()
+
+    # ----- state -----
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    def rng_states(self) -> dict:
+        return {"scheme": RNG_SCHEME, "purposes": RNG_PURPOSES, "seed": self.config["seed"], "next_step": self.step}
+
+    def _check_finite_weights(self):
+        for name, parameter in self.model.named_parameters():
+            if not bool(self.xp.isfinite(parameter.data).all()):
+                raise TrainingError(f"weights became non-finite ({name}) after step {self.step}; training stopped and "
+                                    f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
+
+    def save(self) -> Path:
+        """Write the checkpoint at the current step (after checking that the weights are finite)."""
+        self._check_finite_weights()
+        path = save_checkpoint(
+            self.checkpoint_path(), model_state=self.model.state_dict(), optimizer_state=self.optimizer.state_dict(),
+            ema_state=self.ema.state_dict() if self.ema is not None else None, step=self.step, config=self.config,
+            rng_states=self.rng_states())
+        self.last_good_checkpoint = (path, self.step)
+        return path
+
+    def restore(self, checkpoint: dict):
+        """Continue from a checkpoint read by ``load_checkpoint`` (already checked to fit the model)."""
+        path = checkpoint.get("path", self.checkpoint_path())
+        scheme = checkpoint["rng_states"].get("scheme")
+        if scheme not in SAME_RNG_SCHEMES:
+            raise CheckpointError(f"checkpoint {path} drew its random numbers another way ({scheme!r}), so it cannot "
+                                  "be resumed exactly; start a new run")
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            if checkpoint["optimizer"] is not None:
+                lr = self.optimizer.lr  # the run's config decides the learning rate (it may be changed on resume)
+                self.optimizer.load_state_dict(_scalars_as_0d(checkpoint["optimizer"]))
+                self.optimizer.lr = lr
+                self.optimizer.weight_decay = self.config["weight_decay"]
+            if self.ema is not None:  # EMA switched on at this resume starts from the resumed weights
+                self.ema.load_state_dict(checkpoint["ema"] if checkpoint["ema"] is not None else checkpoint["model"])
+        except (KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(f"checkpoint {path} does not fit this model and optimizer "
+                                  f"({' '.join(str(error).split())}); resume with the run's own checkpoint") from error
+        self.step = checkpoint["step"]
+        self.last_good_checkpoint = (path, self.step)
+
+    # ----- one step -----
+    def batch_indices(self, step: int) -> np.ndarray:
+        epoch, position = divmod(step, self.batches_per_epoch)
+        if getattr(self, "_order_epoch", None) != epoch:  # one permutation per epoch, kept for its batches
+            self._order = np.random.default_rng([self.config["seed"], 0, epoch]).permutation(len(self.images))
+            self._order_epoch = epoch
+        order = self._order
+        size = self.config["batch_size"]
+        return order[position * size:(position + 1) * size]
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up over ``warmup_steps``, then constant; with ``lr_decay_fraction`` f > 0 the
+        last f of the run decays linearly towards 0 (warm-up, stable, decay), reaching lr/n at the
+        last of its n steps."""
+        warmup = self.config.get("warmup_steps", 0)
+        if warmup and step < warmup:
+            return self.config["lr"] * (step + 1) / warmup
+        fraction = self.config.get("lr_decay_fraction") or 0.0
+        if fraction > 0:
+            decay_steps = max(1, round(self.total_steps * fraction))
+            remaining = self.total_steps - step
+            if remaining <= decay_steps:
+                return self.config["lr"] * remaining / decay_steps
+        return self.config["lr"]
+
+    def _last_good_sentence(self) -> str:
+        if self.last_good_checkpoint is None:
+            return "no checkpoint was written yet"
+        path, step = self.last_good_checkpoint
+        return f"the last good checkpoint is {path} (step {step})"
+
+    def _draw_step(self):
+        """The batch indices, t and ε (host arrays) of step ``self.step + 1``, from (seed, 1, step)."""
+        indices = self.batch_indices(self.step)
+        step_rng = np.random.default_rng([self.config["seed"], 1, self.step])
+        t = step_rng.integers(0, self.diffusion.num_timesteps, size=len(indices))
+        noise = step_rng.standard_normal(self.images[indices].shape, dtype=np.float32)
+        return indices, t, noise
+
+    def forward_backward(self) -> dict:
+        """Loss and gradients of step ``self.step + 1`` (changes nothing but the gradients)."""
+        if self.workers > 1:
+            return self._forward_backward_parallel()
+        indices, t, noise = self._draw_step()
+        x0 = to_model_range(self.xp.asarray(self.images[indices]))  # uint8 crosses to the device: 4x fewer bytes
+        y = self.labels[indices]
+        noise = self.xp.asarray(noise)
+        self.model.label_dropout_rng = np.random.default_rng([self.config["seed"], 2, self.step])
+        self.model.train()
+        # overflow warnings would bury the one-line message below; non-finite values are checked instead
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=noise, y=y)
+            loss = losses["loss"]
+            names = [name for name in ("mse", "vb") if name in losses]
+            # one device-to-host transfer for everything the log needs
+            values = backend.to_numpy(self.xp.stack([loss.data.reshape(())] + [losses[n].mean() for n in names]))
+            loss_value = float(values[0])
+            if not math.isfinite(loss_value):
+                raise TrainingError(f"loss became {loss_value} at step {self.step + 1}; training stopped and "
+                                    f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
+            self.optimizer.zero_grad()
+            loss.backward()
+        record = {"step": self.step + 1, "loss": loss_value}
+        record.update({name: float(value) for name, value in zip(names, values[1:])})
+        return record
+
+    def _forward_backward_parallel(self) -> dict:
+        """``forward_backward`` with the batch split over CPU processes (minisdit/training/parallel.py).
+
+        The same batch, t, ε and label dropout as one process draws; each slice's loss is weighted
+        by its share of the batch, so the summed gradients are those of the batch mean."""
+        if self._parallel is None:  # forked here, after any --resume has loaded the weights
+            self._parallel = DataParallel(self.model.parameters(), self._slice_loss_and_gradients, self.workers)
+        indices, t, noise = self._draw_step()
+        y = self.model.y_embedder.drop_labels(self.labels[indices], np.random.default_rng([self.config["seed"], 2, self.step]))
+        slices, start = [], 0
+        for size in split_sizes(len(indices), self.workers):
+            part = slice(start, start + size)
+            slices.append((indices[part], t[part], noise[part], y[part], size / len(indices)))
+            start += size
+        try:
+            values = self._parallel.run(slices)
+        except WorkerError as error:
+            raise TrainingError(f"{error} at step {self.step + 1}; {self._last_good_sentence()}; "
+                                "rerun with --workers 1 to see the error in this process") from error
+        loss_value = float(values[0])
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"loss became {loss_value} at step {self.step + 1}; training stopped and "
+                                f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
+        record = {"step": self.step + 1, "loss": loss_value}
+        record.update({name: float(value) for name, value in zip(self._loss_names, values[1:])})
+        return record
+
+    def _slice_loss_and_gradients(self, arrays):
+        """One worker's part: the loss of its slice times its share of the batch, and the gradients."""
+        indices, t, noise, y, share = arrays
+        x0 = to_model_range(self.images[indices])
+        self.model.train()
+        self.model.label_dropout_rng = None  # the labels arrive already dropped
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=noise, y=y)
+            loss = losses["loss"] * share
+            values = [float(loss.data)] + [share * float(losses[name].mean()) for name in self._loss_names]
+            self.optimizer.zero_grad()
+            loss.backward()
+        return np.array(values), [parameter.grad for parameter in self.model.parameters()]
+
+    def close(self):
+        """Stop the data-parallel workers, if any (training can start them again)."""
+        if self._parallel is not None:
+            self._parallel.close()
+            self._parallel = None
+
+    def update(self, record: dict) -> dict:
+        """Apply the gradients: clip, AdamW, EMA, step counter.  Call inside ``stops.deferred()``."""
+        if self.config.get("grad_clip"):
+            record["grad_norm"] = float(clip_grad_norm(self.model.parameters(), self.config["grad_clip"]))
+        self.optimizer.lr = self.learning_rate(self.step)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
+        self.step += 1
+        record["lr"] = self.optimizer.lr
+        return record
+
+    def train_step(self) -> dict:
+        """One whole optimizer step; returns its log record."""
+        record = self.forward_backward()
+        with self.stops.deferred():
+            return self.update(record)
+
+    # ----- outputs -----
+    def sampling_model(self):
+        """The trained model, or with EMA a separate copy holding the averaged weights."""
+        if self.ema is None:
+            return self.model
+        if self._sampling_model is None:
+            self._sampling_model = sdit_from_preset(
+                self.config["preset"], in_channels=self.config["in_channels"], num_classes=self.config["num_classes"],
+                input_size=self.config["input_size"], seed=self.config["seed"]).to(device=self.device)
+        self.ema.copy_to(self._sampling_model)
+        return self._sampling_model
+
+    def sample_grid(self, name: str) -> Path:
+        """A PNG grid of ``sample_num`` images, one class per column, same seed every time."""
+        model = self.sampling_model()
+        count = self.config.get("sample_num", 64)
+        labels = np.arange(count) % model.num_classes
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            images = generate(self.diffusion, model, labels, sampler="ddpm", steps=self.config["sample_steps"],
+                              seed=self.config["seed"], cfg_scale=self.config["cfg_scale"])
+        return save_grid(to_uint8(images), self.out / name, columns=min(count, model.num_classes))
+
+    def read_log(self) -> list[dict]:
+        path = self.out / LOG_NAME
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash
+        return records
+
+    def rewind_log(self):
+        """Keep only the log lines up to the current step (a crash may have logged steps the
+        checkpoint does not hold; the resumed run logs them again)."""
+        path = self.out / LOG_NAME
+        if not path.exists():
+            return
+        kept = [r for r in self.read_log() if r.get("step", 0) <= self.step]
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(temporary, path)
+
+    def plot_losses(self):
+        # a bare Figure (no pyplot) leaves the caller's plotting backend alone, e.g. inline plots in a notebook
+        records = [r for r in self.read_log() if "loss" in r]
+        if not records:
+            return
+        steps = np.array([r["step"] for r in records])
+        losses = np.array([r["loss"] for r in records])
+        figure = Figure(figsize=(6, 3.5))
+        axis = figure.subplots()
+        window = max(1, len(losses) // 20)
+        axis.plot(steps, losses, alpha=0.35 if window > 1 else 1.0, label="loss")
+        if window > 1:
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            axis.plot(steps[window - 1:], smooth, label=f"mean of {window}")
+        axis.set_xlabel("step")
+        weighted = self.diffusion.mse_weighting != "uniform"
+        axis.set_ylabel(f"loss ({'weighted ' if weighted else ''}eps-MSE + L_vb)")
+        axis.set_yscale("log")
+        axis.legend()
+        axis.set_title(f"{self.config['dataset']}, preset {self.config['preset']}")
+        figure.tight_layout()
+        temporary = self.out / f".loss.{os.getpid()}.tmp.png"  # renamed into place: never a truncated picture
+        try:
+            figure.savefig(temporary, dpi=100)
+            os.replace(temporary, self.out / "loss.png")
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    # ----- the loop -----
+    def train(self) -> int:
+        """Train to ``total_steps``; 0 when done, 128 + signal number when stopped by a signal."""
+        config = self.config
+        print(f"training {config['preset']} ({self.model.num_parameters():,} parameters) on {config['dataset']} "
+              f"({len(self.images)} images) for {self.total_steps} steps of {config['batch_size']}; "
+              f"run folder {self.out}", flush=True)
+        if self.step:
+            self.rewind_log()
+        if self.step >= self.total_steps:
+            print(f"the checkpoint is already at step {self.step} of {self.total_steps}; "
+                  "pass a larger --steps or --epochs to train further", flush=True)
+        log = open(self.out / LOG_NAME, "a" if self.step else "w")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
+                   unit="step")
+        started, started_step = time.perf_counter(), self.step
+        interrupted = False
+        self.stops.install()
+        try:
+            try:
+                while self.step < self.total_steps:
+                    record = self.forward_backward()
+                    with self.stops.deferred():  # the update, its log line and checkpoint happen whole
+                        self.update(record)
+                        elapsed = time.perf_counter() - started
+                        done = self.step - started_step
+                        images_per_second = done * config["batch_size"] / max(elapsed, 1e-9)
+                        eta = (self.total_steps - self.step) * elapsed / max(done, 1)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
+                        if self.step % config["log_every"] == 0 or self.step == self.total_steps:
+                            record.update(images_per_second=images_per_second, elapsed_s=elapsed)
+                            log.write(json.dumps(record) + "\n")
+                            log.flush()
+                            if not self.progress:
+                                print(f"step {self.step}/{self.total_steps} loss {record['loss']:.4f} "
+                                      f"{images_per_second:.1f} img/s eta {_format_seconds(eta)}", flush=True)
+                        if self.step % config["ckpt_every"] == 0:
+                            self.save()
+                    if self.step % config["sample_every"] == 0:
+                        paused = time.perf_counter()
+                        self.sample_grid(f"samples_step{self.step:07d}.png")
+                        self.plot_losses()
+                        started += time.perf_counter() - paused  # images/s and ETA count training only
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                bar.close()
+                log.close()
+            self.stops.finishing()  # from here on a signal must not cut the final save short
+            if self.last_good_checkpoint != (self.checkpoint_path(), self.step):
+                self.save()
+            path = self.checkpoint_path()
+            self.plot_losses()
+            if interrupted:
+                print(f"interrupted ({self.stops.name}): saved step {self.step} to {path}; continue with: "
+                      f"python -m minisdit.train --resume --out {self.out}", flush=True)
+                return self.stops.exit_code
+        finally:
+            self.stops.restore()
+            self.close()
+        try:
+            grid = self.sample_grid("samples_final.png")
+        except KeyboardInterrupt:
+            print(f"interrupted while drawing the final samples; the checkpoint at step {self.step} is saved "
+                  f"in {path}", flush=True)
+            return 130
+        print(f"done: {self.step} steps; checkpoint {path}; samples {grid}; loss curve {self.out / 'loss.png'}",
+              flush=True)
+        return 0
