@@ -121,7 +121,7 @@ class _CpuPretendingToBeGpu:
 def test_device_dispatch_launches_the_kernels_correctly(monkeypatch, dtype):
     """The CuPy branch of fused_q_sample and EpsilonMSE (argument order, sizes, launch shape), run with
     the CPU build of the same kernels in place of CuPy's, so that it is checked without a GPU."""
-    from minisdit.diffusion import gaussian as diffusion
+    from minisdit.diffusion import fused_ops as diffusion
 
     monkeypatch.setattr(diffusion, "backend", _CpuPretendingToBeGpu())
     monkeypatch.setattr(diffusion.cuda, "gpu_function",
@@ -166,8 +166,8 @@ def test_device_branch_of_training_and_sampling(monkeypatch, dtype):
     """The whole device branch of training_losses and p_mean_variance (schedules kept on the device,
     t copied once per step, the ε-MSE kernels) gives the NumPy branch's results; a training step
     copies only its t, and the schedules only once per dtype."""
-    from minisdit.diffusion import gaussian as diffusion_module
     from minisdit import functional as F
+    from minisdit.diffusion import fused_ops, gaussian
 
     def model(x, t, y):  # a fixed map with the [ε, v] layout
         return F.concat([0.7 * x + 0.05, 0.3 - 0.2 * x], axis=1)
@@ -182,8 +182,9 @@ def test_device_branch_of_training_and_sampling(monkeypatch, dtype):
     counting = _CountingNumpy(1000)
     fake_backend = _CpuPretendingToBeGpu()
     fake_backend.array_module_of = lambda array: counting
-    monkeypatch.setattr(diffusion_module, "backend", fake_backend)
-    monkeypatch.setattr(diffusion_module.cuda, "gpu_function",
+    monkeypatch.setattr(gaussian, "backend", fake_backend)
+    monkeypatch.setattr(fused_ops, "backend", fake_backend)
+    monkeypatch.setattr(fused_ops.cuda, "gpu_function",
                         lambda file, name, defines: cuda.cpu_kernels(file, defines)[name])
     diffusion = GaussianDiffusion()
     tolerance = TOLERANCE["float" if dtype == np.float32 else "double"]
