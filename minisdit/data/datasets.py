@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .fetch import fetch_dataset
-from .specs import (CIFAR_ARCHIVE, CIFAR_RECORD_BYTES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, SPLITS, DataIntegrityError,
+from .specs import (CIFAR_RECORD_BYTES, DatasetSpec, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, SPLITS, DataIntegrityError,
                     DatasetNotFoundError, _CIFAR_MEMBERS, _fetch_command, dataset_dir, dataset_spec, verify_file)
 
 
@@ -111,6 +111,24 @@ def read_cifar_archive(path: str | os.PathLike, split: str = "train") -> tuple[n
     return np.concatenate(images), labels
 
 
+def _read_idx_split(folder: Path, spec: DatasetSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
+    image_file, label_file = spec.split_files[split]
+    images = read_idx(folder / image_file, expect_magic=IDX_IMAGES_MAGIC)[:, None]
+    labels = read_idx(folder / label_file, expect_magic=IDX_LABELS_MAGIC).astype(np.int64)
+    if len(images) != len(labels):
+        raise DataIntegrityError(f"{folder}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def _read_cifar_split(folder: Path, spec: DatasetSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
+    (archive,) = spec.split_files[split]
+    return read_cifar_archive(folder / archive, split)
+
+
+# How each ``DatasetSpec.layout`` is read: (cache folder, spec, split) -> (images, labels).
+READERS = {"idx": _read_idx_split, "cifar-binary": _read_cifar_split}
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 
@@ -146,14 +164,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     for file_name in needed:
         verify_file(folder / file_name, spec.checksums[file_name], hint=hint)
 
-    if spec.name == "cifar10":
-        images, labels = read_cifar_archive(folder / CIFAR_ARCHIVE, split)
-    else:
-        image_file, label_file = needed
-        images = read_idx(folder / image_file, expect_magic=IDX_IMAGES_MAGIC)[:, None]
-        labels = read_idx(folder / label_file, expect_magic=IDX_LABELS_MAGIC).astype(np.int64)
-        if len(images) != len(labels):
-            raise DataIntegrityError(f"{folder}: {len(images)} images but {len(labels)} labels")
+    images, labels = READERS[spec.layout](folder, spec, split)
     if size != images.shape[-1] or size != images.shape[-2]:
         images = resize_images(images, size)
     return images, labels

