@@ -10,19 +10,8 @@
   ``reset_firing_rates(model)``.
 """
 from . import surrogate
-from .lif import (
-    LIF,
-    LIFKernels,
-    LIFOptions,
-    SpikeRate,
-    firing_rates,
-    is_recording_firing_rates,
-    lif,
-    lif_unrolled,
-    record_firing_rates,
-    reset_firing_rates,
-    spike_rate,
-)
+from .lif import LIF, LIFKernels, LIFOptions, SpikeRate, lif, lif_unrolled, spike_rate
+from .monitor import firing_rates, is_recording_firing_rates, record_firing_rates, reset_firing_rates
 
 __all__ = [
     "LIF", "LIFKernels", "LIFOptions", "SpikeRate", "firing_rates", "is_recording_firing_rates", "lif",

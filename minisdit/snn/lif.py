@@ -39,7 +39,6 @@ CuPy arrays), and ``lif_unrolled``, an autograd composition of ``minisdit.functi
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -52,6 +51,7 @@ from ..kernels import runtime as cuda
 from ..autograd import functional as F
 from ..autograd.nn import Module
 from ..autograd.tensor import Function, Tensor
+from .monitor import SpikeCounter, is_recording_firing_rates
 from .surrogate import SURROGATES, ATan, Surrogate, check_surrogate
 
 KERNEL_FILE = "lif.cu"
@@ -407,28 +407,7 @@ def lif_unrolled(x: Tensor, *, tau: float = 2.0, v_threshold: float = 1.0, v_res
 # ---------------------------------------------------------------------------------------------
 # modules
 # ---------------------------------------------------------------------------------------------
-_recording_depth = 0
-
-
-class record_firing_rates(contextlib.ContextDecorator):
-    """While active, every LIF / SpikeRate module adds its spikes to ``spike_count`` and ``neuron_steps``."""
-
-    def __enter__(self):
-        global _recording_depth
-        _recording_depth += 1
-        return self
-
-    def __exit__(self, *exc):
-        global _recording_depth
-        _recording_depth -= 1
-        return False
-
-
-def is_recording_firing_rates() -> bool:
-    return _recording_depth > 0
-
-
-class LIF(Module):
+class LIF(SpikeCounter, Module):
     """Multi-step LIF neurons (no parameters): spikes (T, ...) for an input Tensor (T, ...).
 
     Keyword-only arguments as SpikingJelly's ``LIFNode`` (whose surrogate argument is
@@ -439,8 +418,7 @@ class LIF(Module):
                  decay_input: bool = True, detach_reset: bool = False, surrogate: Surrogate = ATan(alpha=2.0)):
         super().__init__()
         self.options = LIFOptions(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate)
-        self.spike_count = 0.0
-        self.neuron_steps = 0
+        self.reset_spike_count()
 
     tau = property(lambda self: self.options.tau)
     v_threshold = property(lambda self: self.options.v_threshold)
@@ -452,13 +430,8 @@ class LIF(Module):
     def forward(self, x: Tensor) -> Tensor:
         spikes = LIFFunction.apply(check_input(x, type(self).__name__, min_ndim=1), options=self.options)
         if is_recording_firing_rates():
-            self._record(spikes.data.sum(dtype=np.float64), spikes.size)
+            self.record_spikes(spikes.data.sum(dtype=np.float64), spikes.size)
         return spikes
-
-    def _record(self, spike_total, neuron_steps: int):
-        """Add a spike total (a 0-d array, left on its device until read) and its neuron-steps."""
-        self.spike_count = self.spike_count + spike_total
-        self.neuron_steps += int(neuron_steps)
 
     def extra_repr(self) -> str:
         o = self.options
@@ -483,37 +456,8 @@ class SpikeRate(LIF):
         rate = spike_rate(x, T=self.T, neuron=self)
         if is_recording_firing_rates():
             # every rate is (number of spikes) / T, so the spike total is T times the sum of rates
-            self._record(rate.data.sum(dtype=np.float64) * self.T, rate.size * self.T)
+            self.record_spikes(rate.data.sum(dtype=np.float64) * self.T, rate.size * self.T)
         return rate
 
     def extra_repr(self) -> str:
         return f"T={self.T}, " + super().extra_repr()
-
-
-# ---------------------------------------------------------------------------------------------
-# spike statistics
-# ---------------------------------------------------------------------------------------------
-def _named_modules(module: Module, prefix: str = ""):
-    yield prefix, module
-    for name, child in module.named_children():
-        yield from _named_modules(child, f"{prefix}.{name}" if prefix else name)
-
-
-def firing_rates(model: Module) -> dict[str, float]:
-    """{dotted module name: spikes / neuron-steps} of every LIF or SpikeRate that recorded something.
-
-    The root module is named "".  Record with ``with minisdit.snn.record_firing_rates(): model(...)``.
-    """
-    rates = {}
-    for name, module in _named_modules(model):
-        if isinstance(module, LIF) and module.neuron_steps > 0:
-            rates[name] = float(module.spike_count) / module.neuron_steps
-    return rates
-
-
-def reset_firing_rates(model: Module) -> None:
-    """Zero the spike counters of every LIF and SpikeRate module in ``model``."""
-    for _, module in _named_modules(model):
-        if isinstance(module, LIF):
-            module.spike_count = 0.0
-            module.neuron_steps = 0
