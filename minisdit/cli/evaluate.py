@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -131,11 +132,13 @@ def count_macs(model) -> int:
 
 def load_samples(path) -> tuple[np.ndarray, dict]:
     """The images of an .npz written by minisdit.sample, and its settings (None where absent)."""
-    try:
-        stored = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read --samples {path} as an .npz ({error}); give a file written by "
-                         "python -m minisdit.sample --out FILE.npz") from None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--samples {path} does not exist; give a file written by python -m minisdit.sample "
+                                "--out FILE.npz")
+    if not zipfile.is_zipfile(path):  # an .npz is a zip archive; np.load would try other formats first
+        raise ValueError(f"cannot read --samples {path}: it is not an .npz archive; give a file written by "
+                         "python -m minisdit.sample --out FILE.npz")
+    stored = np.load(path, allow_pickle=False)
     with stored:
         if "images" not in stored.files:
             raise ValueError(f"--samples {path} holds no 'images' array (it has: {', '.join(stored.files) or 'nothing'}); "
@@ -203,7 +206,7 @@ def run(args) -> int:
                                    cfg_scale=args.cfg_scale, eta=args.eta, batch_size=args.batch_size, progress=True))
         settings = {"sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "eta": args.eta,
                     "seed": args.seed, "checkpoint_step": checkpoint["step"], "weights": checkpoint["weights_used"]}
-    sampling_seconds = time.perf_counter() - started
+    sampling_seconds = None if args.samples else time.perf_counter() - started  # a file's images were drawn earlier
     if settings["sampler"] is not None:
         sampler_note = f"{settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg_scale']}"
     else:

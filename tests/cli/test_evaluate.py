@@ -124,7 +124,7 @@ def test_the_dataset_of_a_bare_samples_file_comes_from_the_option(tmp_path):
     code, stdout, stderr = run_cli("--samples", samples, "--metric", "is-lenet", "--dataset", "mnist", "--json", out)
     assert code == 0, stderr
     results = json.loads(out.read_text())
-    assert results["dataset"] == "mnist" and results["num_samples"] == 12
+    assert results["dataset"] == "mnist" and results["num_samples"] == 12 and results["sampling_seconds"] is None
     assert all(results[name] is None for name in evaluate.SAMPLE_SETTINGS)  # the file does not say
     assert f"from {samples}" in stdout
     labelled = hand_made_samples(tmp_path / "labelled.npz", dataset=np.array("mnist"))
@@ -145,7 +145,9 @@ def test_bad_samples_files_and_missing_inputs_are_one_line(checkpoint_path, tmp_
     text = tmp_path / "text.npz"
     text.write_text("not an archive")
     code, _, stderr = run_cli("--samples", text, "--dataset", "mnist")
-    assert_one_line_error(code, stderr, "cannot read --samples")
+    assert_one_line_error(code, stderr, "cannot read --samples", "not an .npz archive")
+    code, _, stderr = run_cli("--samples", tmp_path / "absent.npz", "--dataset", "mnist")
+    assert_one_line_error(code, stderr, "absent.npz does not exist")
     code, _, stderr = run_cli("--metric", "is-lenet")
     assert_one_line_error(code, stderr, "nothing to evaluate", "--ckpt", "--samples")
     code, _, stderr = run_cli("--samples", hand_made_samples(tmp_path / "s.npz"), "--dataset", "mnist", "--energy")
