@@ -27,8 +27,7 @@ import numpy as np
 from .. import data
 from ..autograd import backend
 from ..data.images import to_uint8
-from ..diffusion import GaussianDiffusion, generate
-from ..diffusion import SAMPLERS
+from ..diffusion import SAMPLERS, generate
 from ..metrics import (estimate_energy, inception_features, inception_score, lenet_outputs, linear_macs,
                        load_inception, load_lenet, reference_statistics)
 from ..metrics.energy import forward_macs

@@ -7,8 +7,6 @@ Every function takes the diffusion (a ``GaussianDiffusion``) as its first argume
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..autograd import backend
