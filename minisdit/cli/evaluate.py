@@ -2,10 +2,16 @@
 
     python -m minisdit.evaluate --ckpt runs/mnist-tiny/checkpoint.safetensors --num-samples 1000 \
         --metric fid-lenet,is-lenet,fid-inception --sampler ddpm --steps 250 [--energy]
+    python -m minisdit.evaluate --samples samples.npz --metric fid-lenet,is-lenet
 
-Draws samples (labels cycling 0..9), computes each metric against the real test split, prints a
-table that names the metric, the number of samples, the sampler, its steps and the split, and
-writes the same as JSON (``--json``, default next to the checkpoint).
+Draws samples (labels cycling 0..9) from the checkpoint on the diffusion it was trained with, or
+reads them from an .npz of minisdit.sample (``images`` uint8 (N, C, H, W)); computes each metric
+against the real test split; prints a table that names the metric, the number of samples, the
+sampler, its steps and the split; and writes the same as JSON (``--json``, default next to the
+checkpoint, else next to the samples file).  For a samples file the JSON records the file's own
+settings (sampler, steps, cfg_scale, eta, seed, checkpoint_step, weights; null where the file has
+none).  The dataset is --dataset, else the checkpoint's, else the one the file names; sources that
+disagree are an error.  --energy runs the model, so it needs --ckpt.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,35 +27,42 @@ import numpy as np
 from .. import data
 from ..autograd import backend
 from ..data.images import to_uint8
-from ..diffusion import GaussianDiffusion, generate
-from ..metrics import (conv2d_macs, estimate_energy, inception_features, inception_score, lenet_outputs, linear_macs,
+from ..diffusion import SAMPLERS, generate
+from ..metrics import (estimate_energy, inception_features, inception_score, lenet_outputs, linear_macs,
                        load_inception, load_lenet, reference_statistics)
+from ..metrics.energy import forward_macs
 from ..metrics.fid import FeatureStatistics
-from ..models.sdit import SDiTBlock
 from ..snn import firing_rates, record_firing_rates, reset_firing_rates
 from ..training.checkpoint import CheckpointError, load_model
 from .common import OneLineParser, add_cpu_arguments, configure_cpu_runtime
+from .sample import check_steps, diffusion_from_checkpoint
 
 METRICS = ("fid-lenet", "is-lenet", "fid-inception")
+# what minisdit.sample writes into an .npz beside the images, recorded in the JSON
+SAMPLE_SETTINGS = ("sampler", "steps", "cfg_scale", "eta", "seed", "checkpoint_step", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m minisdit.evaluate", description="Evaluate a trained SDiT.")
-    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--ckpt", default=None, help="a checkpoint.safetensors to draw samples from (or for --energy)")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--metric", default="fid-lenet,is-lenet", help=f"comma list of {', '.join(METRICS)}")
-    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    parser.add_argument("--steps", type=int, default=250, help="respaced steps, at most the checkpoint's diffusion steps")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta, with --sampler ddim (0: deterministic)")
     parser.add_argument("--cfg-scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--samples", default=None, help="an .npz from minisdit.sample to evaluate instead of sampling")
+    parser.add_argument("--dataset", choices=data.DATASETS, default=None,
+                        help="the real data to compare with (default: the checkpoint's, else the samples file's)")
     parser.add_argument("--num-reference", type=int, default=None,
                         help="test images for the FID_Inception reference (default: the whole split)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--energy", action="store_true", help="also report firing rates and the 45 nm energy estimate")
-    parser.add_argument("--json", default=None, help="where to write the results (default: <ckpt folder>/eval.json)")
+    parser.add_argument("--json", default=None, help="where to write the results (default: <ckpt folder>/eval.json, "
+                                                     "without --ckpt <samples file>.eval.json)")
 
     add_cpu_arguments(parser)
     return parser
@@ -88,7 +102,7 @@ def energy_report(model, diffusion, device: str) -> dict:
 
     reset_firing_rates(model)
     with record_firing_rates():
-        generate(diffusion, model, np.arange(16) % model.num_classes, steps=20, seed=0)
+        generate(diffusion, model, np.arange(16) % model.num_classes, steps=min(20, diffusion.num_timesteps), seed=0)
     rates = firing_rates(model)
     tokens, d = 2 * model.num_tokens if model.reconstruction else model.num_tokens, model.hidden_size
     # Each SN output is added to the residual stream and feeds the next LayerNorm'd projections. The
@@ -108,20 +122,47 @@ def energy_report(model, diffusion, device: str) -> dict:
 
 
 def count_macs(model) -> int:
-    """Multiply-accumulates of one forward pass for one image (Linear and Conv layers)."""
-    d, m = model.hidden_size, model.num_tokens
-    z = 2 * m if model.reconstruction else m
-    block = linear_macs(z, d, 4 * d) + linear_macs(z, d, 4 * d) + linear_macs(z, 4 * d, d) + linear_macs(z, d, d)
-    if model.reconstruction:
-        block += linear_macs(m, d, m) + linear_macs(m, m, d)
-    blocks = sum(1 for module in model.modules() if isinstance(module, SDiTBlock))
-    skips = len(model.out_blocks) * linear_macs(m, 2 * d, d)
-    grid = model.grid_size[0] * model.grid_size[1]
-    p, c = model.patch_size, model.in_channels
-    embed = conv2d_macs(*model.grid_size, c, d, p, p) + linear_macs(1, 256, d) + linear_macs(1, d, d)
-    head = linear_macs(grid, d, p * p * model.out_channels) + conv2d_macs(
-        model.input_size, model.input_size, model.out_channels, model.out_channels, 3, 3)
-    return int(blocks * block + skips + embed + head)
+    """Multiply-accumulates of one forward pass for one image: every Linear and Conv2d module of the
+    model, with the tokens (or output pixels) it sees in a recorded forward pass
+    (``metrics.forward_macs``)."""
+    image = np.zeros((1, model.in_channels, model.input_size, model.input_size), dtype=model.dtype)
+    return forward_macs(model, image, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+
+
+def load_samples(path) -> tuple[np.ndarray, dict]:
+    """The images of an .npz written by minisdit.sample, and its settings (None where absent)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--samples {path} does not exist; give a file written by python -m minisdit.sample "
+                                "--out FILE.npz")
+    if not zipfile.is_zipfile(path):  # an .npz is a zip archive; np.load would try other formats first
+        raise ValueError(f"cannot read --samples {path}: it is not an .npz archive; give a file written by "
+                         "python -m minisdit.sample --out FILE.npz")
+    stored = np.load(path, allow_pickle=False)
+    with stored:
+        if "images" not in stored.files:
+            raise ValueError(f"--samples {path} holds no 'images' array (it has: {', '.join(stored.files) or 'nothing'}); "
+                             "give a file written by python -m minisdit.sample --out FILE.npz")
+        images = stored["images"]
+        settings = {name: stored[name].item() if name in stored.files else None
+                    for name in SAMPLE_SETTINGS + ("dataset",)}
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"--samples {path}: 'images' must be uint8 (N, C, H, W), got {images.dtype} {images.shape}; "
+                         "give a file written by python -m minisdit.sample --out FILE.npz")
+    return images, settings
+
+
+def choose_dataset(requested, checkpoint, file_settings) -> str:
+    """--dataset, else the checkpoint's, else the samples file's; given sources must agree."""
+    sources = {"--dataset": requested,
+               "the checkpoint": checkpoint["config"].get("dataset") if checkpoint else None,
+               "the samples file": (file_settings or {}).get("dataset") or None}
+    named = {where: name for where, name in sources.items() if name}
+    if not named:
+        raise ValueError("no dataset to compare with: pass --dataset (e.g. --dataset mnist)")
+    if len(set(named.values())) > 1:
+        raise ValueError("the dataset sources disagree (" + ", ".join(f"{where}: {name}" for where, name in named.items())
+                         + "); pass the matching --dataset, checkpoint and samples file")
+    return next(iter(named.values()))
 
 
 def main(argv=None) -> int:
@@ -138,27 +179,42 @@ def run(args) -> int:
     unknown = [name for name in wanted if name not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    if args.ckpt is None and args.samples is None:
+        raise ValueError("nothing to evaluate: give --ckpt to draw samples from a checkpoint, or --samples FILE.npz")
+    if args.energy and args.ckpt is None:
+        raise ValueError("--energy measures the model's firing rates while sampling; give --ckpt")
+    if args.eta != 0 and args.sampler != "ddim":
+        raise ValueError(f"--eta {args.eta} applies to the DDIM sampler only; add --sampler ddim or drop --eta")
     if args.device == "cpu":
         configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
-    model, checkpoint = load_model(args.ckpt, device=args.device)
-    dataset = checkpoint["config"]["dataset"]
-    diffusion = GaussianDiffusion()
+    model = checkpoint = diffusion = None
+    if args.ckpt is not None:
+        model, checkpoint = load_model(args.ckpt, device=args.device)
+        diffusion = diffusion_from_checkpoint(checkpoint)
     started = time.perf_counter()
     if args.samples:
-        stored = np.load(args.samples, allow_pickle=False)
-        images = stored["images"][: args.num_samples]
-        sampler_note = f"from {args.samples}"
+        images, settings = load_samples(args.samples)
+        images = images[: args.num_samples]
+        dataset = choose_dataset(args.dataset, checkpoint, settings)
+        settings.pop("dataset")
     else:
+        check_steps(args.steps, diffusion)
+        dataset = choose_dataset(args.dataset, checkpoint, None)
         labels = np.arange(args.num_samples) % model.num_classes
         images = to_uint8(generate(diffusion, model, labels, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                   cfg_scale=args.cfg_scale, batch_size=args.batch_size, progress=True))
-        sampler_note = f"{args.sampler}, {args.steps} steps, cfg {args.cfg_scale}"
-    sampling_seconds = time.perf_counter() - started
+                                   cfg_scale=args.cfg_scale, eta=args.eta, batch_size=args.batch_size, progress=True))
+        settings = {"sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "eta": args.eta,
+                    "seed": args.seed, "checkpoint_step": checkpoint["step"], "weights": checkpoint["weights_used"]}
+    sampling_seconds = None if args.samples else time.perf_counter() - started  # a file's images were drawn earlier
+    if settings["sampler"] is not None:
+        sampler_note = f"{settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg_scale']}"
+    else:
+        sampler_note = f"from {args.samples}"
 
-    results = {"checkpoint": str(args.ckpt), "step": checkpoint["step"], "dataset": dataset,
-               "num_samples": int(len(images)), "sampler": args.sampler, "steps": args.steps,
-               "cfg_scale": args.cfg_scale, "seed": args.seed, "split": "test", "sampling_seconds": sampling_seconds,
-               "metrics": {}}
+    results = {"checkpoint": None if args.ckpt is None else str(args.ckpt),
+               "step": checkpoint["step"] if checkpoint else settings["checkpoint_step"],
+               "samples": args.samples and str(args.samples), "dataset": dataset, "num_samples": int(len(images)),
+               **settings, "split": "test", "sampling_seconds": sampling_seconds, "metrics": {}}
     if {"fid-lenet", "is-lenet"} & set(wanted):
         results["metrics"].update(lenet_metrics(images, dataset, wanted, args.device))
     if "fid-inception" in wanted:
@@ -179,7 +235,10 @@ def run(args) -> int:
         for name, rate in energy["firing_rates"].items():
             print(f"firing rate {name}: {rate:.4f}")
         print(energy["summary"])
-    out = Path(args.json) if args.json else Path(args.ckpt).with_name("eval.json")
+    if args.json:
+        out = Path(args.json)
+    else:
+        out = Path(args.ckpt).with_name("eval.json") if args.ckpt else Path(args.samples).with_suffix(".eval.json")
     out.write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(f"wrote {out}")
     return 0

@@ -3,10 +3,13 @@
     python -m minisdit.sample --ckpt runs/mnist-tiny/checkpoint.safetensors --num 64 --sampler ddpm \
         --steps 250 --cfg-scale 1.0 --out grid.png        # or --out samples.npz (uint8 images + labels)
 
-The same checkpoint, seed, labels, sampler, steps and --batch-size give the same images.  The
-.npz holds ``images`` (N, C, H, W) uint8 (round((x + 1) 127.5) clipped, DESIGN.md section 5),
+The same checkpoint, seed, labels, sampler, steps, eta, guidance and --batch-size give the same
+images: those of ``minisdit.diffusion.generate`` with the same arguments.  The diffusion is the one
+the checkpoint was trained with (``config["num_timesteps"]`` steps), and --steps respaces it.  The
+.npz holds ``images`` (N, C, H, W) uint8 (round((x + 1) 127.5) clipped, docs/DESIGN.md §5),
 ``labels`` (N,) int64, and what made them: ``sampler``, ``steps``, ``cfg_scale``, ``eta``,
-``seed``, ``checkpoint_step``, ``weights`` ("ema" or "model").
+``seed``, ``checkpoint_step``, ``weights`` ("ema" or "model") and ``dataset`` (what the model was
+trained on, so that ``python -m minisdit.evaluate --samples`` needs no checkpoint).
 """
 from __future__ import annotations
 
@@ -16,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..autograd import backend
-from ..diffusion import SAMPLERS, generate
 from ..data.images import save_grid, to_uint8
-from ..diffusion import GaussianDiffusion
+from ..diffusion import SAMPLERS, GaussianDiffusion, generate
 from ..training.checkpoint import CheckpointError, load_model
 from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime
 
@@ -30,8 +32,9 @@ def build_parser():
     parser.add_argument("--ckpt", required=True, help="a checkpoint.safetensors written by minisdit.train")
     parser.add_argument("--num", type=int, default=64, help="how many images")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    parser.add_argument("--steps", type=int, default=250, help="respaced steps, 1..1000 (the authors: 250)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    parser.add_argument("--steps", type=int, default=250,
+                        help="respaced steps, at most the checkpoint's diffusion steps (the authors: 250 of 1000)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta, with --sampler ddim (0: deterministic)")
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
     parser.add_argument("--labels", default=None, help="comma list of class labels, repeated to --num "
                                                        "(default: 0, 1, ..., cycling through the classes)")
@@ -49,15 +52,29 @@ def check_arguments(args) -> None:
     for name in ("num", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if not 1 <= args.steps <= 1000:
-        raise ValueError(f"--steps must lie in 1..1000 (the diffusion has 1000 steps), got {args.steps}")
     if not args.eta >= 0:
         raise ValueError(f"--eta must be zero or positive, got {args.eta}")
+    if args.eta != 0 and args.sampler != "ddim":
+        raise ValueError(f"--eta {args.eta} applies to the DDIM sampler only; add --sampler ddim or drop --eta")
     if not args.cfg_scale >= 0:
         raise ValueError(f"--cfg-scale must be zero or positive, got {args.cfg_scale}")
     suffix = Path(args.out).suffix.lower()
     if suffix != ".npz" and suffix not in IMAGE_SUFFIXES:
         raise ValueError(f"--out {args.out} must end in .npz (uint8 images for evaluation) or an image suffix such as .png")
+
+
+def diffusion_from_checkpoint(checkpoint: dict) -> GaussianDiffusion:
+    """The diffusion the checkpoint's model was trained with: ``config["num_timesteps"]`` steps.
+    Checkpoints written before the config recorded it were trained with the library's default."""
+    num_timesteps = checkpoint["config"].get("num_timesteps")
+    return GaussianDiffusion() if num_timesteps is None else GaussianDiffusion(num_timesteps=int(num_timesteps))
+
+
+def check_steps(steps: int, diffusion: GaussianDiffusion) -> None:
+    """--steps respaces the checkpoint's diffusion, so it lies in 1..its number of steps."""
+    if not 1 <= steps <= diffusion.num_timesteps:
+        raise ValueError(f"--steps must lie in 1..{diffusion.num_timesteps} (the checkpoint's diffusion has "
+                         f"{diffusion.num_timesteps} steps), got {steps}")
 
 
 def parse_labels(text: str | None, num: int, num_classes: int) -> np.ndarray:
@@ -76,7 +93,6 @@ def parse_labels(text: str | None, num: int, num_classes: int) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-
     args = build_parser().parse_args(argv)
     try:
         check_arguments(args)
@@ -86,9 +102,11 @@ def main(argv=None) -> int:
             configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
         model, checkpoint = load_model(args.ckpt, device=device, use_ema=not args.no_ema)
         which = checkpoint["weights_used"]
+        diffusion = diffusion_from_checkpoint(checkpoint)
+        check_steps(args.steps, diffusion)
         labels = parse_labels(args.labels, args.num, model.num_classes)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            images = generate(GaussianDiffusion(), model, labels, sampler=args.sampler, steps=args.steps,
+            images = generate(diffusion, model, labels, sampler=args.sampler, steps=args.steps,
                               seed=args.seed, cfg_scale=args.cfg_scale, eta=args.eta, batch_size=args.batch_size,
                               progress=not args.no_progress and sys.stderr.isatty())
         if not np.isfinite(images).all():
@@ -100,7 +118,8 @@ def main(argv=None) -> int:
         if out.suffix.lower() == ".npz":
             np.savez(out, images=images, labels=labels, sampler=np.array(args.sampler), steps=np.array(args.steps),
                      cfg_scale=np.array(args.cfg_scale), eta=np.array(args.eta), seed=np.array(args.seed),
-                     checkpoint_step=np.array(checkpoint["step"]), weights=np.array(which))
+                     checkpoint_step=np.array(checkpoint["step"]), weights=np.array(which),
+                     dataset=np.array(str(checkpoint["config"].get("dataset", ""))))
         else:
             # one class per column: the label cycle, when it is short enough to read as columns
             cycle = model.num_classes if args.labels is None else len(set(labels[:args.num].tolist()))

@@ -1,12 +1,15 @@
-"""DDPM for SDiT (docs/DESIGN.md §4): beta schedules and respacing, the Gaussian diffusion with
-learned-range variance and its hybrid loss, and the samplers."""
+"""DDPM for SDiT (docs/DESIGN.md §4): beta schedules and respacing (schedules.py), the Gaussian
+diffusion with learned-range variance and its hybrid loss (gaussian.py, losses.py), the fused
+training op (fused_ops.py) and the samplers (samplers.py)."""
 from .fused_ops import (EpsilonMSE, epsilon_mse, epsilon_mse_backward_reference, epsilon_mse_reference, fused_q_sample,
                         q_sample_reference, squared_error_reference)
-from .gaussian import (BETA_SCHEDULES, GaussianDiffusion, SpacedDiffusion, approx_standard_normal_cdf,
-                       discretized_gaussian_log_likelihood, get_beta_schedule, normal_kl, space_timesteps)
-from .samplers import SAMPLERS, generate
+from .gaussian import GaussianDiffusion, SpacedDiffusion
+from .losses import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl, vb_bits_per_dim
+from .samplers import SAMPLERS, AncestralStep, DDIMStep, ddim_sigma, generate
+from .schedules import BETA_SCHEDULES, get_beta_schedule, respaced_betas, space_timesteps
 
 __all__ = ["GaussianDiffusion", "SpacedDiffusion", "space_timesteps", "get_beta_schedule", "BETA_SCHEDULES",
-           "normal_kl", "approx_standard_normal_cdf", "discretized_gaussian_log_likelihood", "EpsilonMSE",
-           "epsilon_mse", "fused_q_sample", "q_sample_reference", "squared_error_reference", "epsilon_mse_reference",
-           "epsilon_mse_backward_reference", "generate", "SAMPLERS"]
+           "respaced_betas", "normal_kl", "approx_standard_normal_cdf", "discretized_gaussian_log_likelihood",
+           "vb_bits_per_dim", "EpsilonMSE", "epsilon_mse", "fused_q_sample", "q_sample_reference",
+           "squared_error_reference", "epsilon_mse_reference", "epsilon_mse_backward_reference", "generate",
+           "SAMPLERS", "AncestralStep", "DDIMStep", "ddim_sigma"]

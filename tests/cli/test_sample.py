@@ -1,9 +1,11 @@
 """The sampling command line: PNG grids and .npz files of uint8 images, reproducible from the seed,
-EMA weights by default, and one-line errors for bad checkpoints and arguments.
+EMA weights by default, the images of ``generate`` with the same arguments on the checkpoint's own
+diffusion, and one-line errors for bad checkpoints and arguments.
 
 The checkpoint is a tiny model whose weights were moved off their initialisation (every array
-plus N(0, 0.05) noise; EMA weights with other noise), so the whole network shapes the samples;
-sampling uses 3 respaced steps.
+plus N(0, 0.2²) noise; EMA weights with other noise), so the whole network shapes the samples
+(with N(0, 0.05²) no neuron fired and the output depended on neither t nor y, so guidance could not
+show); sampling uses 3 respaced steps.
 """
 import contextlib
 import io
@@ -16,7 +18,8 @@ from PIL import Image
 from minisdit import backend
 from minisdit.cli import sample
 from minisdit.training.checkpoint import load_checkpoint, load_model, save_checkpoint
-from minisdit.data.images import make_grid
+from minisdit.data.images import make_grid, to_uint8
+from minisdit.diffusion import GaussianDiffusion, generate
 from minisdit.models import sdit_from_preset
 
 FAST = ["--steps", "3", "--no-progress"]
@@ -24,14 +27,20 @@ FAST = ["--steps", "3", "--no-progress"]
 
 def perturbed(state: dict, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {name: (value + 0.05 * rng.standard_normal(value.shape)).astype(value.dtype) for name, value in state.items()}
+    return {name: (value + 0.2 * rng.standard_normal(value.shape)).astype(value.dtype) for name, value in state.items()}
 
 
 @pytest.fixture(scope="module")
 def checkpoint_path(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors", num_timesteps=1000)
+
+
+def make_checkpoint(path: Path, num_timesteps: int | None) -> Path:
+    """A checkpoint of the perturbed tiny model; num_timesteps None leaves it out of the config."""
     state = sdit_from_preset("tiny", seed=0).state_dict()
     config = {"preset": "tiny", "dataset": "mnist", "in_channels": 1, "input_size": 28, "num_classes": 10, "seed": 0}
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors"
+    if num_timesteps is not None:
+        config["num_timesteps"] = num_timesteps
     save_checkpoint(path, model_state=perturbed(state, 1), ema_state=perturbed(state, 2), step=42, config=config,
                     rng_states={})
     return path
@@ -70,6 +79,7 @@ def test_npz_holds_uint8_images_labels_and_how_they_were_made(checkpoint_path, t
     assert saved["labels"].dtype == np.int64 and saved["labels"].tolist() == [0, 1, 2, 3, 4]
     assert str(saved["sampler"]) == "ddpm" and int(saved["steps"]) == 3 and float(saved["cfg_scale"]) == 1.0
     assert int(saved["seed"]) == 4 and int(saved["checkpoint_step"]) == 42 and str(saved["weights"]) == "ema"
+    assert float(saved["eta"]) == 0.0 and str(saved["dataset"]) == "mnist"
 
 
 def test_same_seed_same_images_other_seed_other_images(checkpoint_path, tmp_path):
@@ -100,6 +110,52 @@ def test_ddim_labels_guidance_and_weights_options(checkpoint_path, tmp_path):
     averaged = draw_npz(checkpoint_path, tmp_path / "a.npz")
     assert str(trained["weights"]) == "model" and str(averaged["weights"]) == "ema"
     assert not np.array_equal(trained["images"], averaged["images"])
+
+
+@pytest.mark.parametrize("options", [
+    ["--sampler", "ddpm", "--cfg-scale", 3],
+    ["--sampler", "ddim", "--eta", 0.5, "--cfg-scale", 2, "--seed", 9, "--labels", "4,1"],
+    ["--sampler", "ddim", "--batch-size", 2, "--seed", 3],
+])
+def test_the_command_line_draws_the_images_of_generate(checkpoint_path, tmp_path, options):
+    """The CLI's images are generate's, with the same seed, sampler, steps, guidance, eta and batch
+    size, on the EMA weights and the checkpoint's 1000-step diffusion."""
+    saved = draw_npz(checkpoint_path, tmp_path / "s.npz", *options)
+    model, _ = load_model(checkpoint_path)
+    expected = generate(GaussianDiffusion(num_timesteps=1000), model, saved["labels"], sampler=str(saved["sampler"]),
+                        steps=int(saved["steps"]), seed=int(saved["seed"]), cfg_scale=float(saved["cfg_scale"]),
+                        eta=float(saved["eta"]), batch_size=2 if "--batch-size" in options else 256)
+    assert np.array_equal(saved["images"], to_uint8(expected))
+
+
+def test_guidance_eta_and_sampler_each_change_the_images(checkpoint_path, tmp_path):
+    def images(*options):
+        return draw_npz(checkpoint_path, tmp_path / "x.npz", "--seed", 6, *options)["images"]
+
+    ddpm, ddim = images("--sampler", "ddpm"), images("--sampler", "ddim")
+    assert not np.array_equal(ddpm, ddim)
+    assert not np.array_equal(ddpm, images("--sampler", "ddpm", "--cfg-scale", 4))
+    assert not np.array_equal(ddim, images("--sampler", "ddim", "--cfg-scale", 4))
+    assert not np.array_equal(ddim, images("--sampler", "ddim", "--eta", 1))
+    assert np.array_equal(ddim, images("--sampler", "ddim", "--eta", 0))  # η = 0 is the default
+
+
+def test_the_diffusion_and_its_steps_come_from_the_checkpoint(tmp_path):
+    short = make_checkpoint(tmp_path / "short.safetensors", num_timesteps=50)
+    saved = draw_npz(short, tmp_path / "s.npz", "--seed", 2)
+    model, _ = load_model(short)
+    expected = generate(GaussianDiffusion(num_timesteps=50), model, saved["labels"], steps=3, seed=2)
+    assert np.array_equal(saved["images"], to_uint8(expected))
+    on_1000 = generate(GaussianDiffusion(num_timesteps=1000), model, saved["labels"], steps=3, seed=2)
+    assert not np.array_equal(saved["images"], to_uint8(on_1000))
+    code, _, stderr = run_cli("--ckpt", short, "--num", 2, "--steps", 51, "--no-progress", "--out", tmp_path / "g.png")
+    assert_one_line_error(code, stderr, "--steps must lie in 1..50", "has 50 steps")
+    assert not (tmp_path / "g.png").exists()
+    # a checkpoint from before the config recorded num_timesteps was trained on the default diffusion
+    older = make_checkpoint(tmp_path / "older.safetensors", num_timesteps=None)
+    saved = draw_npz(older, tmp_path / "o.npz", "--seed", 2)
+    assert np.array_equal(saved["images"], to_uint8(generate(GaussianDiffusion(), load_model(older)[0],
+                                                             saved["labels"], steps=3, seed=2)))
 
 
 def test_first_line_names_the_device(checkpoint_path, tmp_path):
@@ -146,6 +202,7 @@ def test_checkpoint_errors(checkpoint_path, tmp_path):
     (["--labels", "12"], ["--labels must lie in 0..10"]),
     (["--out", "samples.txt"], ["must end in .npz", ".png"]),
     (["--eta", "-1"], ["--eta must be zero or positive"]),
+    (["--eta", "0.5"], ["--eta 0.5 applies to the DDIM sampler only", "--sampler ddim"]),
     (["--sampler", "euler"], ["invalid choice: 'euler'", "--help"]),
 ])
 def test_bad_arguments_give_one_line_errors(checkpoint_path, tmp_path, argv, fragments):

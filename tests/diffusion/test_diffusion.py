@@ -12,8 +12,8 @@ from scipy import integrate, stats
 
 from minisdit import Tensor
 from minisdit import functional as F
-from minisdit.diffusion import (EpsilonMSE, GaussianDiffusion, SpacedDiffusion, approx_standard_normal_cdf,
-                                discretized_gaussian_log_likelihood, normal_kl, space_timesteps)
+from minisdit.diffusion import (DDIMStep, EpsilonMSE, GaussianDiffusion, SpacedDiffusion, approx_standard_normal_cdf,
+                                ddim_sigma, discretized_gaussian_log_likelihood, generate, normal_kl, space_timesteps)
 from minisdit.autograd.gradcheck import gradcheck
 
 FAST = settings(max_examples=25, deadline=None)
@@ -513,6 +513,48 @@ def test_samplers_turn_the_exact_denoiser_of_a_small_dataset_into_its_images(sam
     nearest = distance.argmin(axis=1)
     assert distance.min(axis=1).max() < 1e-6
     assert len(set(nearest.tolist())) >= 6
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.6, 1.0])
+def test_ddim_step_with_eta_has_the_closed_form_mean_and_variance(eta):
+    """One DDIM step from a fixed x with the known ε̂ = 0.8 x + 0.05 of ``linear_model``: x_{t−1} =
+    √ᾱ' x̂_0 + √(1 − ᾱ' − σ²) ε̂ + σ z with σ² = η² (1 − ᾱ')/(1 − ᾱ) (1 − ᾱ/ᾱ'), exactly for a
+    given z, and in distribution (mean and variance of 40000 draws); η = 1 gives σ² = β̃_t."""
+    chain = DIFFUSION.respaced(space_timesteps(1000, 10))
+    i, samples, x_value = 5, 40000, 0.7
+    alpha_bar, alpha_bar_prev = chain.alphas_cumprod[i], chain.alphas_cumprod_prev[i]
+    variance = eta ** 2 * (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
+    eps = 0.8 * x_value + 0.05
+    pred_x0 = (x_value - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+    mean = math.sqrt(alpha_bar_prev) * pred_x0 + math.sqrt(1 - alpha_bar_prev - variance) * eps
+    if eta == 1.0:
+        assert variance == pytest.approx(chain.posterior_variance[i], rel=1e-12)
+    assert ddim_sigma(alpha_bar, alpha_bar_prev, eta) ** 2 == pytest.approx(variance, rel=1e-12, abs=1e-300)
+
+    x, t = np.full((samples, 1, 1, 1), x_value), np.full(samples, i)
+    out = chain.p_mean_variance(FakeModel(linear_model), x, t)
+    z = np.random.default_rng(8).standard_normal(x.shape)
+    step = DDIMStep(eta)
+    np.testing.assert_allclose(step(chain, x, t, out, lambda: z), mean + math.sqrt(variance) * z, rtol=1e-12, atol=1e-12)
+    rng = np.random.default_rng(9)
+    drawn = step(chain, x, t, out, lambda: rng.standard_normal(x.shape)).ravel()
+    assert abs(drawn.mean() - mean) <= 4.5 * math.sqrt(variance / samples) + 1e-12
+    assert abs(drawn.var() - variance) <= 4.5 * variance * math.sqrt(2 / samples) + 1e-12
+
+
+def test_sampler_choice_is_explicit():
+    """generate names its sampler, and eta belongs to DDIM only; DDIMStep rejects a negative eta."""
+    model = FakeModel(linear_model, num_classes=3)
+    model.in_channels, model.input_size = 1, 2
+    with pytest.raises(ValueError, match="eta=0.5 applies to the DDIM sampler only"):
+        generate(DIFFUSION, model, [0, 1], sampler="ddpm", eta=0.5, steps=2)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of ddpm, ddim"):
+        generate(DIFFUSION, model, [0, 1], sampler="euler", steps=2)
+    with pytest.raises(ValueError, match="eta must be non-negative"):
+        DDIMStep(-0.1)
+    ddim = generate(DIFFUSION, model, [0, 1], sampler="ddim", eta=0.5, steps=4, seed=1)
+    np.testing.assert_array_equal(ddim, DIFFUSION.ddim_sample_loop(model, (2, 1, 2, 2), y=[0, 1], steps=4, eta=0.5,
+                                                                    rng=np.random.default_rng([1, 0])))
 
 
 def test_ddim_inversion_regenerates_the_image():

@@ -43,3 +43,31 @@ def test_energy_rejects_bad_input():
         estimate_energy([("a", 0.5)])
     with pytest.raises(ValueError, match="time_steps"):
         estimate_energy([], time_steps=0)
+
+
+def test_forward_macs_counts_every_call_with_the_shapes_it_saw():
+    """A Conv2d on 6x6 images, then one Linear applied twice (36 pixel vectors, then 7 vectors): the
+    count per sample is each call's MACs, whatever the batch; the modules' forwards are restored."""
+    import numpy as np
+
+    from minisdit.autograd import functional as F
+    from minisdit.autograd import nn
+    from minisdit.metrics.energy import forward_macs
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.default_rng(0)
+            self.conv = nn.Conv2d(2, 4, 3, padding=1, rng=rng)
+            self.linear = nn.Linear(4, 4, rng=rng)
+
+        def forward(self, x):
+            h = F.transpose(F.reshape(self.conv(x), (x.shape[0], 4, 36)), (0, 2, 1))  # (N, 36, 4)
+            h = self.linear(h)
+            return self.linear(h[:, :7])
+
+    expected = conv2d_macs(6, 6, 2, 4, 3, 3) + linear_macs(36, 4, 4) + linear_macs(7, 4, 4)
+    toy = Toy()
+    for batch in (1, 3):
+        assert forward_macs(toy, np.zeros((batch, 2, 6, 6), np.float32)) == expected
+    assert "forward" not in toy.linear.__dict__ and "forward" not in toy.conv.__dict__
