@@ -30,8 +30,8 @@ def measure(preset: str, device: str, batch_size: int, steps: int, warmup: int, 
     images = rng.integers(0, 256, (max(4 * batch_size, 256), 1, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, len(images))
     # the device's recipe (its loss weighting included), with the preset, batch and workers measured
-    config = dataclasses.replace(RECIPES[device], preset=preset, batch_size=batch_size, steps=steps + warmup, epochs=None,
-                                 workers=workers, ema=0.0)
+    config = dataclasses.replace(RECIPES[device], preset=preset, batch_size=batch_size, steps=steps + warmup,
+                                 epochs=None, workers=workers, ema=0.0)
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(config, images, labels, Path(folder), progress=False)
         try:

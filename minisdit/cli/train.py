@@ -1,10 +1,10 @@
 """Train SDiT:  python -m minisdit.train --dataset mnist --device gpu
 
-One step: take a batch x0 in [-1, 1], draw t uniformly from 0..999 and noise eps, form
-x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, predict (eps_hat, v) with the model, and minimise
-mean (eps - eps_hat)^2 + L_vb (docs/DESIGN.md §4) with AdamW.  On a CPU the defaults differ (see
-CPU_RECIPE in minisdit/training/config.py): each sample's (eps - eps_hat)^2 is weighted by lambda_t (truncated SNR) and two
-processes share each batch.
+One step: take a batch x0 in [-1, 1], draw t uniformly from 0..T-1 (T = NUM_TIMESTEPS) and noise
+eps, form x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, predict (eps_hat, v) with the model, and
+minimise mean (eps - eps_hat)^2 + L_vb (docs/DESIGN.md §4) with AdamW.  On a CPU the defaults
+differ (CPU_RECIPE in minisdit/training/config.py): each sample's (eps - eps_hat)^2 is weighted by
+lambda_t (truncated SNR) and two processes share each batch.
 
 Everything random (initial weights, batch order, t, eps, label dropout) is derived from the seed
 and a counter (see minisdit/training/trainer.py), so ``--resume`` continues an interrupted run exactly as if
@@ -32,8 +32,8 @@ from .common import OneLineParser, add_cpu_arguments, choose_device, configure_c
 
 # fields of TrainConfig that are command-line options of the same name (--batch-size: batch_size)
 OPTIONS = ("dataset", "preset", "seed", "batch_size", "lr", "weight_decay", "warmup_steps", "lr_decay_fraction",
-           "grad_clip", "ema", "mse_weighting", "max_mse_weight", "workers", "num_train", "sample_every", "sample_steps",
-           "sample_num", "cfg_scale", "ckpt_every", "log_every")
+           "grad_clip", "ema", "mse_weighting", "max_mse_weight", "workers", "num_train",
+           "sample_every", "sample_steps", "sample_num", "cfg_scale", "ckpt_every", "log_every")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +166,8 @@ def run(args) -> int:
     checkpoint = None
     if args.resume is not None:
         if args.resume == "auto":
-            out = Path(args.out or f"runs/{args.dataset or RECIPES[device].dataset}-{args.preset or RECIPES[device].preset}")
+            named = resolve_config(args, device)  # the run folder a new run with these options would use
+            out = Path(args.out or f"runs/{named.dataset}-{named.preset}")
             path = out / CHECKPOINT_NAME
         else:
             path = Path(args.resume)

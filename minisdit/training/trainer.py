@@ -77,6 +77,9 @@ class _Throughput:
 
 
 class Trainer:
+    """One run: its model, diffusion, optimizer, EMA and step counter, and the loop that advances them
+    (``train``).  ``config`` is the run's TrainConfig; ``images`` (N, C, H, W) uint8 and ``labels`` (N,)."""
+
     def __init__(self, config: TrainConfig, images: np.ndarray, labels: np.ndarray, out: Path, progress: bool = True):
         if tuple(images.shape[1:]) != (config.in_channels, config.input_size, config.input_size):
             raise TrainingError(f"the training images are {tuple(images.shape[1:])} but the run's config says "

@@ -394,9 +394,11 @@ def checkpoint_without(reference_out: Path, path: Path, what: str) -> Path:
     saved = load_checkpoint(reference_out / "checkpoint.safetensors")
     config, rng_states, optimizer = dict(saved["config"]), dict(saved["rng_states"]), saved["optimizer"]
     if what == "checksum":
-        tensors = {f"{part}.{name}": value for part in ("model", "optimizer", "ema") for name, value in saved[part].items()}
-        save_file(tensors, str(path), metadata={"format": ckpt.FORMAT_VERSION, "step": str(saved["step"]), "extra": "{}",
-                                                "config": json.dumps(config), "rng_states": json.dumps(rng_states)})
+        tensors = {f"{part}.{name}": value for part in ("model", "optimizer", "ema")
+                   for name, value in saved[part].items()}
+        save_file(tensors, str(path), metadata={"format": ckpt.FORMAT_VERSION, "step": str(saved["step"]),
+                                                "extra": "{}", "config": json.dumps(config),
+                                                "rng_states": json.dumps(rng_states)})
         return path
     if what == "config field":
         del config["num_timesteps"]
@@ -481,3 +483,14 @@ def test_learning_rate_warms_up_stays_and_decays_over_the_last_fraction(tmp_path
     assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4], rel=1e-12)
     trainer.config = dataclasses.replace(config, lr_decay_fraction=0.0)
     assert [trainer.learning_rate(step) for step in range(2, 10)] == [1e-3] * 8
+
+
+def test_images_that_do_not_fit_the_config_give_one_line(tmp_path):
+    from minisdit.training.trainer import Trainer, TrainingError
+
+    images, labels = fake_dataset()  # (12, 1, 28, 28)
+    config = dataclasses.replace(CPU_RECIPE, batch_size=4, in_channels=3, input_size=32, dataset="cifar10")
+    with pytest.raises(TrainingError) as caught:
+        Trainer(config, images, labels, tmp_path, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "(1, 28, 28)" in message and "(3, 32, 32)" in message and "cifar10" in message
