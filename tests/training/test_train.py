@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -258,12 +257,18 @@ def test_ctrl_c_in_a_real_process(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline = time.monotonic() + 120
-        while not ((out / "log.jsonl").exists() and (out / "log.jsonl").read_text().strip()):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+        # with --no-progress the run prints "step 1/1000 ..." after writing the step's log line:
+        # signal it then, without polling the clock
+        before = []
+        for line in process.stdout:
+            before.append(line)
+            if line.startswith("step "):
+                break
+        else:
+            pytest.fail(f"the training process ended before its first step: {process.communicate()}")
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)
+        stdout = "".join(before) + stdout
     finally:
         if process.poll() is None:
             process.kill()
