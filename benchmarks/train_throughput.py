@@ -11,6 +11,7 @@ measured with each number of ``--workers`` (processes sharing a batch, minisdit/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from minisdit import backend
 from minisdit.cli.common import add_cpu_arguments, configure_cpu_runtime
+from minisdit.training.config import RECIPES
 from minisdit.training.trainer import Trainer
 
 
@@ -27,9 +29,9 @@ def measure(preset: str, device: str, batch_size: int, steps: int, warmup: int, 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(4 * batch_size, 256), 1, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, len(images))
-    config = dict(device=device, preset=preset, batch_size=batch_size, lr=1e-4, warmup_steps=0, steps=steps + warmup,
-                  epochs=None, seed=0, weight_decay=0.01, grad_clip=0.0, ema=0.0, sample_steps=2, sample_num=2,
-                  cfg_scale=1.0, num_train=None, workers=workers)
+    # the device's recipe (its loss weighting included), with the preset, batch and workers measured
+    config = dataclasses.replace(RECIPES[device], preset=preset, batch_size=batch_size, steps=steps + warmup,
+                                 epochs=None, workers=workers, ema=0.0)
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(config, images, labels, Path(folder), progress=False)
         try:
@@ -59,7 +61,7 @@ def main():
         configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
     gpu = args.device == "gpu"
     presets = (args.presets or ("tiny,small,paper,paper-cifar" if gpu else "tiny,small")).split(",")
-    batch_size = args.batch_size or (256 if gpu else 32)
+    batch_size = args.batch_size or RECIPES[args.device].batch_size
     steps = args.steps or (20 if gpu else 3)
     workers = [1] if gpu else [int(w) for w in args.workers.split(",")]
     print(f"device {args.device}, batch {batch_size}, {steps} timed steps after 2 warm-up steps")

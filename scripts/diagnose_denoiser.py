@@ -24,7 +24,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from minisdit import Tensor, backend, data, no_grad  # noqa: E402
+from minisdit.cli.common import configure_cpu_runtime  # noqa: E402
 from minisdit.training.checkpoint import CheckpointError  # noqa: E402
+from minisdit.training.config import TrainConfig  # noqa: E402
 from minisdit.data import to_model_range  # noqa: E402
 from minisdit.diffusion import GaussianDiffusion  # noqa: E402
 from minisdit.data.images import save_grid, to_uint8  # noqa: E402
@@ -91,12 +93,13 @@ def main(argv=None) -> int:
     parser.add_argument("--oracle-above", type=int, default=None, metavar="T")
     parser.add_argument("--out", default="diagnosis_grid.png")
     args = parser.parse_args(argv)
-    backend.configure_cpu_runtime(1)
+    configure_cpu_runtime(1)
     try:
-        model, _ = load_model(args.ckpt)
-    except CheckpointError as error:
+        model, checkpoint = load_model(args.ckpt)
+        config = TrainConfig.from_dict(checkpoint["config"], source=f"checkpoint {args.ckpt}")
+    except (CheckpointError, ValueError) as error:
         parser.exit(1, f"error: {error}\n")
-    diffusion = GaussianDiffusion()
+    diffusion = GaussianDiffusion(num_timesteps=config.num_timesteps)  # the ε-MSE table needs no loss weighting
     rng = np.random.default_rng(0)
     images, labels = data.load_dataset(args.dataset, split="test")
     chosen = rng.choice(len(images), 256, replace=False)

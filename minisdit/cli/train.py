@@ -1,10 +1,10 @@
 """Train SDiT:  python -m minisdit.train --dataset mnist --device gpu
 
-One step: take a batch x0 in [-1, 1], draw t uniformly from 0..999 and noise eps, form
-x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, predict (eps_hat, v) with the model, and minimise
-mean (eps - eps_hat)^2 + L_vb (DESIGN.md section 4) with AdamW.  On a CPU the defaults differ (see
-CPU_DEFAULTS): each sample's (eps - eps_hat)^2 is weighted by lambda_t (truncated SNR) and two
-processes share each batch.
+One step: take a batch x0 in [-1, 1], draw t uniformly from 0..T-1 (T = NUM_TIMESTEPS) and noise
+eps, form x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, predict (eps_hat, v) with the model, and
+minimise mean (eps - eps_hat)^2 + L_vb (docs/DESIGN.md §4) with AdamW.  On a CPU the defaults
+differ (CPU_RECIPE in minisdit/training/config.py): each sample's (eps - eps_hat)^2 is weighted by
+lambda_t (truncated SNR) and two processes share each batch.
 
 Everything random (initial weights, batch order, t, eps, label dropout) is derived from the seed
 and a counter (see minisdit/training/trainer.py), so ``--resume`` continues an interrupted run exactly as if
@@ -17,7 +17,7 @@ saves a checkpoint and says how to resume.  Errors are one line on stderr and a 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,30 +26,14 @@ from ..autograd import backend
 from ..data import dataset_spec
 from ..models import PRESETS
 from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from ..training.config import FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES, TrainConfig
 from ..training.trainer import CHECKPOINT_NAME, Trainer, TrainingError
 from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime
 
-# The authors' recipe (DESIGN.md section 4) for a GPU.  On a CPU the defaults shrink to what draws
-# recognisable digits in about 15 minutes on two cores (docs/decisions.md has the measurements): the
-# `tiny` model, two processes sharing each batch of 32, lr 2e-3 with warm-up, the ε-MSE weighted by
-# truncated SNR (capped at 30) so that the class and shape are worth learning early, and sample grids
-# drawn with classifier-free guidance.
-CPU_CFG_SCALE = 8.0
-GPU_DEFAULTS = dict(preset="paper", batch_size=256, lr=1e-4, epochs=1600, sample_steps=250, sample_every=5000,
-                    sample_num=100, ckpt_every=5000, log_every=50)
-CPU_DEFAULTS = dict(preset="tiny", batch_size=32, lr=2e-3, warmup_steps=100, steps=4800, sample_steps=100, sample_every=2000,
-                    sample_num=20, ckpt_every=250, log_every=10, workers=2, mse_weighting="truncated-snr", max_mse_weight=30.0,
-                    cfg_scale=CPU_CFG_SCALE)
-# defaults that do not depend on the device
-COMMON_DEFAULTS = dict(dataset="mnist", seed=0, weight_decay=0.01, warmup_steps=0, grad_clip=0.0, ema=0.0,
-                       cfg_scale=1.0, num_train=None, workers=1, mse_weighting="uniform", max_mse_weight=30.0,
-                       lr_decay_fraction=0.0)
-# what a resumed run must share with its checkpoint (they decide the model's shape)
-FIXED_ON_RESUME = ("dataset", "preset")
-# what may be changed on resume: the run goes on with the new value (and says so)
-TRAINING_OPTIONS = ("batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema", "seed", "num_train", "workers",
-                    "mse_weighting", "max_mse_weight", "lr_decay_fraction")
-OUTPUT_OPTIONS = ("sample_every", "sample_steps", "sample_num", "ckpt_every", "log_every", "cfg_scale")
+# fields of TrainConfig that are command-line options of the same name (--batch-size: batch_size)
+OPTIONS = ("dataset", "preset", "seed", "batch_size", "lr", "weight_decay", "warmup_steps", "lr_decay_fraction",
+           "grad_clip", "ema", "mse_weighting", "max_mse_weight", "workers", "num_train",
+           "sample_every", "sample_steps", "sample_num", "cfg_scale", "ckpt_every", "log_every")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-every", type=int, default=None, help="write a log line every N steps")
     parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (1: off; default 1 on GPU, as the authors, and 8 on CPU)")
     parser.add_argument("--data-dir", default=None, help="where data sets are cached (default: $MINISDIT_DATA or ~/.cache/minisdit)")
-    parser.add_argument("--mse-weighting", choices=["uniform", "truncated-snr"], default=None,
+    parser.add_argument("--mse-weighting", choices=MSE_WEIGHTINGS, default=None,
                         help="weight of each sample's ε-MSE by its step t: uniform (the authors; default on GPU) or "
                              "truncated-snr, max(1, 1/SNR_t) capped at --max-mse-weight (default on CPU: a small model "
                              "learns the digits' shapes and classes sooner; docs/decisions.md)")
-    parser.add_argument("--max-mse-weight", type=float, default=None, help="cap of the truncated-snr weights (default 30)")
+    parser.add_argument("--max-mse-weight", type=float, default=None, help=f"cap of the truncated-snr weights (default {MAX_MSE_WEIGHT:g})")
     parser.add_argument("--workers", type=int, default=None,
                         help="CPU processes that share each batch (default 2 on CPU; 1 on GPU, where it does not apply); "
                              "a run is reproducible for a given number of workers")
@@ -100,8 +84,9 @@ def check_arguments(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if args.sample_steps is not None and not 1 <= args.sample_steps <= 1000:
-        raise ValueError(f"--sample-steps must lie in 1..1000 (the diffusion has 1000 steps), got {args.sample_steps}")
+    if args.sample_steps is not None and not 1 <= args.sample_steps <= NUM_TIMESTEPS:
+        raise ValueError(f"--sample-steps must lie in 1..{NUM_TIMESTEPS} (the diffusion has {NUM_TIMESTEPS} steps), "
+                         f"got {args.sample_steps}")
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     for name in ("weight_decay", "warmup_steps", "grad_clip", "cfg_scale"):
@@ -120,46 +105,39 @@ def check_arguments(args) -> None:
         args.dataset = dataset_spec(args.dataset).name  # "unknown dataset ...; choose one of: ..."
 
 
-def resolve_config(args, device: str) -> dict:
-    """The run's config from the command line and the defaults of ``device``."""
-    defaults = {**COMMON_DEFAULTS, **(GPU_DEFAULTS if device == "gpu" else CPU_DEFAULTS)}
-    config = {"device": device}
-    for name in FIXED_ON_RESUME + TRAINING_OPTIONS + OUTPUT_OPTIONS:
-        value = getattr(args, name)
-        config[name] = value if value is not None else defaults.get(name)
-    config["steps"], config["epochs"] = args.steps, args.epochs
-    if args.steps is None and args.epochs is None:
-        if "steps" in defaults:
-            config["steps"] = defaults["steps"]
-        else:
-            config["epochs"] = defaults["epochs"]
+def resolve_config(args, device: str) -> TrainConfig:
+    """The config of a new run: the recipe of ``device`` with what the command line gives."""
+    given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+    config = dataclasses.replace(RECIPES[device], **given)
+    if args.steps is not None or args.epochs is not None:  # the length given replaces the recipe's
+        config = dataclasses.replace(config, steps=args.steps, epochs=args.epochs)
     return config
 
 
-def resumed_config(args, checkpoint: dict, device: str) -> dict:
+def resumed_config(args, checkpoint: dict, device: str) -> TrainConfig:
     """The checkpoint's config, with what the command line changes (and a line saying so)."""
-    config = dict(checkpoint["config"])
     path = checkpoint["path"]
+    try:
+        config = TrainConfig.from_dict(checkpoint["config"], source=f"checkpoint {path}")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from error
     for name in FIXED_ON_RESUME:
-        given = getattr(args, name)
-        if given is not None and given != config.get(name):
-            raise CheckpointError(f"checkpoint {path} was trained with --{name} {config.get(name)}, not {given}; "
+        given = getattr(args, name, None)
+        if given is not None and given != getattr(config, name):
+            raise CheckpointError(f"checkpoint {path} was trained with --{name} {getattr(config, name)}, not {given}; "
                                   f"drop --{name} to resume it, or start a new run with another --out")
-    changes = []
-    for name in TRAINING_OPTIONS + OUTPUT_OPTIONS + ("steps", "epochs"):
-        given = getattr(args, name)
-        if given is not None and given != config.get(name):
-            changes.append(f"{name} {config.get(name)} -> {given}")
-            config[name] = given
+    changes = {name: getattr(args, name) for name in OPTIONS + ("steps", "epochs")
+               if name not in FIXED_ON_RESUME and getattr(args, name) is not None
+               and getattr(args, name) != getattr(config, name)}
+    if changes:
+        print(f"changed on resume: {', '.join(f'{n} {getattr(config, n)} -> {v}' for n, v in changes.items())}",
+              flush=True)
     # the length given now decides, whichever of --steps / --epochs the first run used
     if args.steps is not None and args.epochs is None:
-        config["epochs"] = None
+        changes["epochs"] = None
     if args.epochs is not None and args.steps is None:
-        config["steps"] = None
-    config["device"] = device
-    if changes:
-        print(f"changed on resume: {', '.join(changes)}", flush=True)
-    return config
+        changes["steps"] = None
+    return dataclasses.replace(config, device=device, **changes)
 
 
 def main(argv=None) -> int:
@@ -188,8 +166,8 @@ def run(args) -> int:
     checkpoint = None
     if args.resume is not None:
         if args.resume == "auto":
-            out = Path(args.out or f"runs/{args.dataset or COMMON_DEFAULTS['dataset']}-"
-                                   f"{args.preset or (GPU_DEFAULTS if device == 'gpu' else CPU_DEFAULTS)['preset']}")
+            named = resolve_config(args, device)  # the run folder a new run with these options would use
+            out = Path(args.out or f"runs/{named.dataset}-{named.preset}")
             path = out / CHECKPOINT_NAME
         else:
             path = Path(args.resume)
@@ -199,7 +177,7 @@ def run(args) -> int:
         config = resumed_config(args, checkpoint, device)
     else:
         config = resolve_config(args, device)
-        out = Path(args.out or f"runs/{config['dataset']}-{config['preset']}")
+        out = Path(args.out or f"runs/{config.dataset}-{config.preset}")
         if (out / CHECKPOINT_NAME).exists():
             raise TrainingError(f"run folder {out} already holds a checkpoint; continue it with --resume, "
                                 "or choose another --out")
@@ -208,16 +186,18 @@ def run(args) -> int:
     except OSError as error:
         raise TrainingError(f"cannot create the run folder {out} ({error.strerror or error}); choose another --out") from error
 
-    images, labels = data.load_dataset(config["dataset"], split="train", data_dir=args.data_dir, download=True)
-    if config.get("num_train"):
-        images, labels = images[: config["num_train"]], labels[: config["num_train"]]
-    config.setdefault("num_classes", data.dataset_spec(config["dataset"]).num_classes)
+    images, labels = data.load_dataset(config.dataset, split="train", data_dir=args.data_dir, download=True)
+    if config.num_train is not None:
+        images, labels = images[: config.num_train], labels[: config.num_train]
+    if checkpoint is None:  # the model's input and label table follow the data set (a resumed run checks them)
+        config = dataclasses.replace(config, in_channels=int(images.shape[1]), input_size=int(images.shape[-1]),
+                                     num_classes=data.dataset_spec(config.dataset).num_classes)
     # a bar needs a terminal; in a log file (nohup, CI) one line per logged step reads better
     trainer = Trainer(config, images, labels, out, progress=not args.no_progress and sys.stderr.isatty())
     if checkpoint is not None:
         check_compatible(checkpoint, trainer.model, checkpoint["path"])
         trainer.restore(checkpoint)
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / "config.json").write_text(config.to_json(indent=2) + "\n")
     return trainer.train()
 
 

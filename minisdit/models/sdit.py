@@ -4,7 +4,7 @@ The data flow, with N images of C channels, H = W = 28, patch p, L = (H/p)(W/p),
 
     x (N, C, H, W) --Conv2d(C->D, kernel p, stride p)--> patches (N, L, D), raster order
     t (N,) --256 sinusoids--> Linear -> SiLU -> Linear --> t_emb (N, D)
-    y (N,) --table of num_classes + 1 rows (10% dropped to "no class" while training)--> y_emb (N, D)
+    y (N,) --table of num_classes + 1 rows (the trainer drops 10% to "no class": drop_labels)--> y_emb (N, D)
     tokens = [t_emb + y_emb, patches] + pos_embed                       (N, M, D)
 
     in-blocks (depth/2)  -> each output kept as a skip
@@ -99,22 +99,14 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """A table of num_classes + 1 rows; the last row means "no class" (classifier-free guidance)."""
 
-    def __init__(self, num_classes, hidden_size, dropout_prob, rng):
+    def __init__(self, num_classes, hidden_size, rng):
         super().__init__()
-        self.num_classes, self.dropout_prob = num_classes, dropout_prob
+        self.num_classes = num_classes
         self.embedding_table = nn.Embedding(num_classes + 1, hidden_size, std=0.02, rng=rng)
 
-    def forward(self, y, drop_rng: np.random.Generator | None):
+    def forward(self, y):
         y = np.asarray(y if not hasattr(y, "get") else y.get()).astype(np.int64)
-        if self.training and drop_rng is not None:
-            y = self.drop_labels(y, drop_rng)
         return self.embedding_table(y)
-
-    def drop_labels(self, y, drop_rng: np.random.Generator):
-        """Each label becomes "no class" with probability dropout_prob (one uniform draw per label)."""
-        if self.dropout_prob <= 0:
-            return y
-        return np.where(drop_rng.random(y.shape[0]) < self.dropout_prob, self.num_classes, y)
 
 
 class SDiTBlock(nn.Module):
@@ -194,11 +186,11 @@ class SDiT(nn.Module):
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.grid_size = (input_size // patch_size, input_size // patch_size)
         self.num_tokens = self.grid_size[0] * self.grid_size[1] + 1
-        self.label_dropout_rng = np.random.default_rng(seed + 1)
+        self.class_dropout_prob = class_dropout_prob
 
         self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size, rng)
         self.t_embedder = TimestepEmbedder(hidden_size, rng)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob, rng)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, rng)
         self.pos_embed = nn.Parameter(np.zeros((1, self.num_tokens, hidden_size), np.float32))
         block_options = dict(reconstruction=reconstruction, spiking=spiking, T=T, neuron_options=neuron_options,
                              projection_init=projection_init)
@@ -210,9 +202,19 @@ class SDiT(nn.Module):
             SDiTBlock(hidden_size, self.num_tokens, i, depth, rng, skip=True, **block_options) for i in range(half))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, rng)
 
+    def drop_labels(self, y, rng: np.random.Generator) -> np.ndarray:
+        """Classifier-free guidance's training half: each label becomes "no class" (num_classes) with
+        probability ``class_dropout_prob``, from one uniform draw of ``rng`` per label.  The caller drops
+        the labels of a batch once and passes them to ``forward``, which uses labels as given."""
+        y = np.asarray(y if not hasattr(y, "get") else y.get()).astype(np.int64)
+        if self.class_dropout_prob <= 0:
+            return y
+        return np.where(rng.random(y.shape[0]) < self.class_dropout_prob, self.num_classes, y)
+
     def forward(self, x, t, y):
         """x: images (N, C, H, W); t: integer steps (N,), any t >= 0 (the diffusion's original step,
-        0..999 for 1000 steps); y: integer labels (N,) in 0..num_classes, num_classes meaning "no class"."""
+        0..999 for 1000 steps); y: integer labels (N,) in 0..num_classes, num_classes meaning "no class"
+        (used as given, in training too: label dropout is ``drop_labels``, applied by the caller)."""
         if not isinstance(x, Tensor):
             x = Tensor(x)
         if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.input_size, self.input_size):
@@ -226,7 +228,7 @@ class SDiT(nn.Module):
             raise ValueError(f"y must hold class labels in 0..{self.num_classes} ({self.num_classes} means 'no class'), "
                              f"got values {y.min()}..{y.max()}")
         tokens = self.x_embedder(x)
-        condition = self.t_embedder(t) + self.y_embedder(y, self.label_dropout_rng)
+        condition = self.t_embedder(t) + self.y_embedder(y)
         n, _, d = tokens.shape
         z = F.concat([F.reshape(condition, (n, 1, d)), tokens], axis=1) + self.pos_embed
         skips = []

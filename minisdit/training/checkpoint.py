@@ -13,10 +13,14 @@ Writing: the bytes go to a temporary file in the same folder, are flushed and fs
 file is renamed over the old one and the folder is fsynced.  A rename within one file system is
 atomic, so whatever happens during a save (an exception, Ctrl-C, SIGKILL, power loss) the
 checkpoint path holds either the previous complete checkpoint or the new complete one, never a
-mixture.  A failed save removes its temporary file.
+mixture.  A failed save removes its temporary file; a killed one cannot, so a stray
+``.<name>.<pid>.tmp`` may remain beside the checkpoint (never at its path).  The save passes the
+named points of ``SAVE_POINTS`` to an optional ``at_point`` callback, so a test can stop (or kill)
+a save exactly there instead of guessing when it gets there.
 
-Reading: a file that is not safetensors, was not written here, is truncated, or whose tensors do
-not match their checksum (a flipped bit on disk) raises ``CheckpointError`` with a one-line reason.
+Reading: a file that is not safetensors, was not written here, is truncated, lacks the checksum
+this version writes, or whose tensors do not match it (a flipped bit on disk) raises
+``CheckpointError`` with a one-line reason.
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ import numpy as np
 from ..models import PRESETS, sdit_from_preset
 
 FORMAT_VERSION = "minisdit-checkpoint-1"
-# parameter names that earlier versions of the model used -> today's (DESIGN.md section 6)
-RENAMED_PARAMETERS = {"y_embedder.embedding_table": "y_embedder.embedding_table.weight"}
+# the moments of a save that ``at_point`` hears of, in order; before "after-rename" the path still
+# holds the previous checkpoint, from "after-rename" on the new one
+SAVE_POINTS = ("serialised", "mid-write", "after-fsync", "before-rename", "after-rename")
 
 
 class CheckpointError(RuntimeError):
@@ -53,12 +58,6 @@ def _unflatten(prefix: str, tensors: dict) -> dict:
     return {name[start:]: value for name, value in tensors.items() if name.startswith(prefix + ".")}
 
 
-def _current_names(weights: dict) -> dict:
-    """Weights with the names of today's model (an old name is renamed only if the new one is absent)."""
-    return {RENAMED_PARAMETERS[name] if name in RENAMED_PARAMETERS and RENAMED_PARAMETERS[name] not in weights
-            else name: value for name, value in weights.items()}
-
-
 def tensors_digest(tensors: dict) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()
@@ -69,12 +68,22 @@ def tensors_digest(tensors: dict) -> str:
     return digest.hexdigest()
 
 
-def _write_file(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` and make sure it reached the disk (the step a crash may cut)."""
+def _no_point(name: str) -> None:
+    pass
+
+
+def _write_file(path: Path, payload: bytes, at_point=_no_point) -> None:
+    """Write ``payload`` to ``path`` and make sure it reached the disk (the step a crash may cut).
+    Written in two halves, so that "mid-write" is a moment with half the bytes in the file."""
+    half = len(payload) // 2
     with open(path, "wb") as handle:
-        handle.write(payload)
+        handle.write(payload[:half])
+        handle.flush()
+        at_point("mid-write")
+        handle.write(payload[half:])
         handle.flush()
         os.fsync(handle.fileno())
+        at_point("after-fsync")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -92,8 +101,11 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def save_checkpoint(path, *, model_state: dict, optimizer_state: dict | None = None, ema_state: dict | None = None,
-                    step: int, config: dict, rng_states: dict, extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically (temporary file + fsync + rename) and return its path."""
+                    step: int, config: dict, rng_states: dict, extra: dict | None = None,
+                    at_point=_no_point) -> Path:
+    """Write a checkpoint atomically (temporary file + fsync + rename) and return its path.
+
+    ``at_point(name)`` is called at each of ``SAVE_POINTS`` (tests stop or kill the save there)."""
     from safetensors.numpy import save
 
     path = Path(path)
@@ -112,14 +124,17 @@ def save_checkpoint(path, *, model_state: dict, optimizer_state: dict | None = N
         "sha256": tensors_digest(tensors),
     }
     payload = save(tensors, metadata=metadata)
+    at_point("serialised")
     # the process id keeps two writers (say, a run and its accidental twin) from sharing a temp file
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        _write_file(temporary, payload)
+        _write_file(temporary, payload, at_point)
+        at_point("before-rename")
         os.replace(temporary, path)
     except BaseException:  # KeyboardInterrupt included: never leave a half-written temp file behind
         temporary.unlink(missing_ok=True)
         raise
+    at_point("after-rename")
     _fsync_folder(path.parent)
     return path
 
@@ -155,7 +170,10 @@ def load_checkpoint(path) -> dict:
     if metadata.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} was not written by minisdit.train (format "
                               f"{metadata.get('format')!r}, expected {FORMAT_VERSION!r}); pass a checkpoint of this version")
-    if "sha256" in metadata and tensors_digest(tensors) != metadata["sha256"]:
+    if "sha256" not in metadata:
+        raise CheckpointError(f"checkpoint {path} has no checksum of its tensors: it was written by an earlier "
+                              "version of minisdit, which this one does not resume; start a new run")
+    if tensors_digest(tensors) != metadata["sha256"]:
         raise _corrupt(path, "its tensors do not match the checksum written with them")
     try:
         checkpoint = {
@@ -168,11 +186,11 @@ def load_checkpoint(path) -> dict:
         raise _corrupt(path, f"bad metadata: {type(error).__name__}: {error}") from error
     if not isinstance(checkpoint["config"], dict) or checkpoint["step"] < 0:
         raise _corrupt(path, "bad metadata: the config is not a dict or the step is negative")
-    model = _current_names(_unflatten("model", tensors))
+    model = _unflatten("model", tensors)
     if not model:
         raise _corrupt(path, "it holds no model weights")
     checkpoint.update(model=model, optimizer=_unflatten("optimizer", tensors) or None,
-                      ema=_current_names(_unflatten("ema", tensors)) or None, path=path)
+                      ema=_unflatten("ema", tensors) or None, path=path)
     return checkpoint
 
 

@@ -1,5 +1,5 @@
 """SIGINT / SIGTERM during training: stop at once while the step computes, never while it changes
-state (docs/DESIGN.md, Training)."""
+state (the stop rules are in the docstring of minisdit/training/trainer.py)."""
 from __future__ import annotations
 
 import contextlib

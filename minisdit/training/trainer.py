@@ -16,6 +16,7 @@ half-updated model.  The loop then saves a checkpoint at the current step and re
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from ..data.images import save_grid, to_uint8
 from ..diffusion import GaussianDiffusion, generate
 from ..models import sdit_from_preset
 from .checkpoint import CheckpointError, save_checkpoint
+from .config import TrainConfig
 from .parallel import DataParallel, WorkerError, split_sizes
 from .signals import StopSignals
 
@@ -43,17 +45,6 @@ LOG_NAME = "log.jsonl"
 RNG_SCHEME = "numpy default_rng([seed, purpose, counter])"
 RNG_PURPOSES = {"batch_order": "[seed, 0, epoch]", "t_and_noise": "[seed, 1, step]",
                 "label_dropout": "[seed, 2, step]"}
-# the first checkpoints named the same derivation this way
-SAME_RNG_SCHEMES = (RNG_SCHEME, "derived from (seed, purpose, counter)")
-OPTIMIZER_SCALARS = ("lr", "beta1", "beta2", "eps", "weight_decay", "num_params")
-
-
-def _scalars_as_0d(optimizer_state: dict) -> dict:
-    """Checkpoints of the first version stored the optimizer's scalars with shape (1,); make them 0-d."""
-    def is_scalar(key):
-        return key in OPTIMIZER_SCALARS or (key.startswith("state.") and key.endswith(".step"))
-    return {key: value.reshape(()) if is_scalar(key) and value.shape == (1,) else value
-            for key, value in optimizer_state.items()}
 
 
 class TrainingError(RuntimeError):
@@ -66,42 +57,67 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+class _Throughput:
+    """Images/s and the time left, counting training only (``paused()`` leaves out the sample grids)."""
+
+    def __init__(self, step: int, batch_size: int):
+        self.started, self.first_step, self.batch_size = time.perf_counter(), step, batch_size
+
+    def measure(self, step: int, total_steps: int) -> tuple[float, float, float]:
+        """(seconds trained, images/s, seconds left) after ``step``."""
+        elapsed = time.perf_counter() - self.started
+        done = step - self.first_step
+        return elapsed, done * self.batch_size / max(elapsed, 1e-9), (total_steps - step) * elapsed / max(done, 1)
+
+    @contextlib.contextmanager
+    def paused(self):
+        paused = time.perf_counter()
+        yield
+        self.started += time.perf_counter() - paused
+
+
 class Trainer:
-    def __init__(self, config: dict, images: np.ndarray, labels: np.ndarray, out: Path, progress: bool = True):
+    """One run: its model, diffusion, optimizer, EMA and step counter, and the loop that advances them
+    (``train``).  ``config`` is the run's TrainConfig; ``images`` (N, C, H, W) uint8 and ``labels`` (N,)."""
+
+    def __init__(self, config: TrainConfig, images: np.ndarray, labels: np.ndarray, out: Path, progress: bool = True):
+        if tuple(images.shape[1:]) != (config.in_channels, config.input_size, config.input_size):
+            raise TrainingError(f"the training images are {tuple(images.shape[1:])} but the run's config says "
+                                f"{(config.in_channels, config.input_size, config.input_size)}; train on the data "
+                                f"set the run was started with ({config.dataset})")
         self.config, self.images, self.labels, self.out, self.progress = config, images, labels, Path(out), progress
-        self.device = config["device"]
-        config.setdefault("in_channels", int(images.shape[1]))
-        config.setdefault("input_size", int(images.shape[-1]))
-        config.setdefault("num_classes", 10)
+        self.device = config.device
         self.xp = backend.get_array_module(self.device)
-        self.model = sdit_from_preset(config["preset"], in_channels=config["in_channels"],
-                                      num_classes=config["num_classes"], input_size=config["input_size"],
-                                      seed=config["seed"]).to(device=self.device)
-        # runs from before the weighting option had none: they resume with the plain ε-MSE they used
-        self.diffusion = GaussianDiffusion(mse_weighting=config.get("mse_weighting") or "uniform",
-                                           max_mse_weight=config.get("max_mse_weight") or 30.0)
-        self.optimizer = AdamW(self.model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-        self.ema = EMA(self.model, decay=config["ema"]) if config["ema"] else None
+        self.model = self._build_model()
+        self.diffusion = GaussianDiffusion(num_timesteps=config.num_timesteps, mse_weighting=config.mse_weighting,
+                                           max_mse_weight=config.max_mse_weight)
+        self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.ema = EMA(self.model, decay=config.ema) if config.ema else None
         self._sampling_model = None  # a second model for EMA samples, so sampling never touches training state
         self.step = 0
-        self.batches_per_epoch = len(images) // config["batch_size"]
+        self.batches_per_epoch = len(images) // config.batch_size
         if self.batches_per_epoch == 0:
-            raise TrainingError(f"batch size {config['batch_size']} is larger than the {len(images)} training images; "
+            raise TrainingError(f"batch size {config.batch_size} is larger than the {len(images)} training images; "
                                 "lower --batch-size")
-        self.total_steps = config["steps"] or config["epochs"] * self.batches_per_epoch
+        self.total_steps = config.total_steps(self.batches_per_epoch)
         self.last_good_checkpoint = None  # (path, step) of the newest checkpoint known to be sound
         # CPU processes sharing each batch (minisdit/training/parallel.py); 1: this process alone
-        self.workers = min(int(config.get("workers") or 1), config["batch_size"]) if self.device == "cpu" else 1
+        self.workers = min(config.workers, config.batch_size) if self.device == "cpu" else 1
         self._parallel = None
         self._loss_names = ["mse", "vb"] if self.diffusion.loss == "hybrid" else ["mse"]
         self.stops = StopSignals()
+
+    def _build_model(self):
+        config = self.config
+        return sdit_from_preset(config.preset, in_channels=config.in_channels, num_classes=config.num_classes,
+                                input_size=config.input_size, seed=config.seed).to(device=self.device)
 
     # ----- state -----
     def checkpoint_path(self) -> Path:
         return self.out / CHECKPOINT_NAME
 
     def rng_states(self) -> dict:
-        return {"scheme": RNG_SCHEME, "purposes": RNG_PURPOSES, "seed": self.config["seed"], "next_step": self.step}
+        return {"scheme": RNG_SCHEME, "purposes": RNG_PURPOSES, "seed": self.config.seed, "next_step": self.step}
 
     def _check_finite_weights(self):
         for name, parameter in self.model.named_parameters():
@@ -114,25 +130,26 @@ class Trainer:
         self._check_finite_weights()
         path = save_checkpoint(
             self.checkpoint_path(), model_state=self.model.state_dict(), optimizer_state=self.optimizer.state_dict(),
-            ema_state=self.ema.state_dict() if self.ema is not None else None, step=self.step, config=self.config,
-            rng_states=self.rng_states())
+            ema_state=self.ema.state_dict() if self.ema is not None else None, step=self.step,
+            config=self.config.to_dict(), rng_states=self.rng_states())
         self.last_good_checkpoint = (path, self.step)
         return path
 
     def restore(self, checkpoint: dict):
         """Continue from a checkpoint read by ``load_checkpoint`` (already checked to fit the model)."""
-        path = checkpoint.get("path", self.checkpoint_path())
+        path = checkpoint["path"]
         scheme = checkpoint["rng_states"].get("scheme")
-        if scheme not in SAME_RNG_SCHEMES:
+        if scheme != RNG_SCHEME:
             raise CheckpointError(f"checkpoint {path} drew its random numbers another way ({scheme!r}), so it cannot "
                                   "be resumed exactly; start a new run")
+        if checkpoint["optimizer"] is None:
+            raise CheckpointError(f"checkpoint {path} holds no optimizer state (it was not written by a training run), "
+                                  "so it cannot be resumed exactly; start a new run")
         try:
             self.model.load_state_dict(checkpoint["model"])
-            if checkpoint["optimizer"] is not None:
-                lr = self.optimizer.lr  # the run's config decides the learning rate (it may be changed on resume)
-                self.optimizer.load_state_dict(_scalars_as_0d(checkpoint["optimizer"]))
-                self.optimizer.lr = lr
-                self.optimizer.weight_decay = self.config["weight_decay"]
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            # the run's config decides these (they may be changed on resume)
+            self.optimizer.lr, self.optimizer.weight_decay = self.config.lr, self.config.weight_decay
             if self.ema is not None:  # EMA switched on at this resume starts from the resumed weights
                 self.ema.load_state_dict(checkpoint["ema"] if checkpoint["ema"] is not None else checkpoint["model"])
         except (KeyError, ValueError, TypeError) as error:
@@ -145,26 +162,24 @@ class Trainer:
     def batch_indices(self, step: int) -> np.ndarray:
         epoch, position = divmod(step, self.batches_per_epoch)
         if getattr(self, "_order_epoch", None) != epoch:  # one permutation per epoch, kept for its batches
-            self._order = np.random.default_rng([self.config["seed"], 0, epoch]).permutation(len(self.images))
+            self._order = np.random.default_rng([self.config.seed, 0, epoch]).permutation(len(self.images))
             self._order_epoch = epoch
-        order = self._order
-        size = self.config["batch_size"]
-        return order[position * size:(position + 1) * size]
+        size = self.config.batch_size
+        return self._order[position * size:(position + 1) * size]
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up over ``warmup_steps``, then constant; with ``lr_decay_fraction`` f > 0 the
         last f of the run decays linearly towards 0 (warm-up, stable, decay), reaching lr/n at the
         last of its n steps."""
-        warmup = self.config.get("warmup_steps", 0)
+        lr, warmup, fraction = self.config.lr, self.config.warmup_steps, self.config.lr_decay_fraction
         if warmup and step < warmup:
-            return self.config["lr"] * (step + 1) / warmup
-        fraction = self.config.get("lr_decay_fraction") or 0.0
+            return lr * (step + 1) / warmup
         if fraction > 0:
             decay_steps = max(1, round(self.total_steps * fraction))
             remaining = self.total_steps - step
             if remaining <= decay_steps:
-                return self.config["lr"] * remaining / decay_steps
-        return self.config["lr"]
+                return lr * remaining / decay_steps
+        return lr
 
     def _last_good_sentence(self) -> str:
         if self.last_good_checkpoint is None:
@@ -172,60 +187,23 @@ class Trainer:
         path, step = self.last_good_checkpoint
         return f"the last good checkpoint is {path} (step {step})"
 
-    def _draw_step(self):
-        """The batch indices, t and ε (host arrays) of step ``self.step + 1``, from (seed, 1, step)."""
+    def draw_step(self):
+        """Everything random in step ``self.step + 1``, as host arrays: the batch indices (from
+        (seed, 0, epoch)), t and ε (from (seed, 1, step)) and the labels after dropout (from (seed, 2, step))."""
         indices = self.batch_indices(self.step)
-        step_rng = np.random.default_rng([self.config["seed"], 1, self.step])
+        step_rng = np.random.default_rng([self.config.seed, 1, self.step])
         t = step_rng.integers(0, self.diffusion.num_timesteps, size=len(indices))
         noise = step_rng.standard_normal(self.images[indices].shape, dtype=np.float32)
-        return indices, t, noise
+        y = self.model.drop_labels(self.labels[indices], np.random.default_rng([self.config.seed, 2, self.step]))
+        return indices, t, noise, y
 
     def forward_backward(self) -> dict:
         """Loss and gradients of step ``self.step + 1`` (changes nothing but the gradients)."""
-        if self.workers > 1:
-            return self._forward_backward_parallel()
-        indices, t, noise = self._draw_step()
-        x0 = to_model_range(self.xp.asarray(self.images[indices]))  # uint8 crosses to the device: 4x fewer bytes
-        y = self.labels[indices]
-        noise = self.xp.asarray(noise)
-        self.model.label_dropout_rng = np.random.default_rng([self.config["seed"], 2, self.step])
-        self.model.train()
-        # overflow warnings would bury the one-line message below; non-finite values are checked instead
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=noise, y=y)
-            loss = losses["loss"]
-            names = [name for name in ("mse", "vb") if name in losses]
-            # one device-to-host transfer for everything the log needs
-            values = backend.to_numpy(self.xp.stack([loss.data.reshape(())] + [losses[n].mean() for n in names]))
-            loss_value = float(values[0])
-            if not math.isfinite(loss_value):
-                raise TrainingError(f"loss became {loss_value} at step {self.step + 1}; training stopped and "
-                                    f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
-            self.optimizer.zero_grad()
-            loss.backward()
-        record = {"step": self.step + 1, "loss": loss_value}
-        record.update({name: float(value) for name, value in zip(names, values[1:])})
-        return record
-
-    def _forward_backward_parallel(self) -> dict:
-        """``forward_backward`` with the batch split over CPU processes (minisdit/training/parallel.py).
-
-        The same batch, t, ε and label dropout as one process draws; each slice's loss is weighted
-        by its share of the batch, so the summed gradients are those of the batch mean."""
-        if self._parallel is None:  # forked here, after any --resume has loaded the weights
-            self._parallel = DataParallel(self.model.parameters(), self._slice_loss_and_gradients, self.workers)
-        indices, t, noise = self._draw_step()
-        y = self.model.y_embedder.drop_labels(self.labels[indices], np.random.default_rng([self.config["seed"], 2, self.step]))
-        slices, start = [], 0
-        for size in split_sizes(len(indices), self.workers):
-            part = slice(start, start + size)
-            slices.append((indices[part], t[part], noise[part], y[part], size / len(indices)))
-            start += size
-        try:
-            values = self._parallel.run(slices)
-        except WorkerError as error:
-            raise TrainingError(f"{error} at step {self.step + 1}; {self._last_good_sentence()}; "
-                                "rerun with --workers 1 to see the error in this process") from error
+        indices, t, noise, y = self.draw_step()
+        if self.workers == 1:
+            values, _ = self._loss_and_gradients((indices, t, noise, y, 1.0))
+        else:
+            values = self._parallel_loss_and_gradients(indices, t, noise, y)
         loss_value = float(values[0])
         if not math.isfinite(loss_value):
             raise TrainingError(f"loss became {loss_value} at step {self.step + 1}; training stopped and "
@@ -234,19 +212,40 @@ class Trainer:
         record.update({name: float(value) for name, value in zip(self._loss_names, values[1:])})
         return record
 
-    def _slice_loss_and_gradients(self, arrays):
-        """One worker's part: the loss of its slice times its share of the batch, and the gradients."""
+    def _loss_and_gradients(self, arrays):
+        """The loss terms of a slice of the batch, each times the slice's ``share`` of the batch, and
+        the gradients of that loss: the whole step in one process (share 1), or one worker's part."""
         indices, t, noise, y, share = arrays
-        x0 = to_model_range(self.images[indices])
+        x0 = to_model_range(self.xp.asarray(self.images[indices]))  # uint8 crosses to the device: 4x fewer bytes
         self.model.train()
-        self.model.label_dropout_rng = None  # the labels arrive already dropped
+        # overflow warnings would bury the one-line message of a non-finite loss; the loss is checked instead
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=noise, y=y)
+            losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=self.xp.asarray(noise), y=y)
             loss = losses["loss"] * share
-            values = [float(loss.data)] + [share * float(losses[name].mean()) for name in self._loss_names]
+            # one device-to-host transfer for everything the log needs
+            terms = backend.to_numpy(self.xp.stack([loss.data.reshape(())] +
+                                                   [losses[name].mean() for name in self._loss_names]))
             self.optimizer.zero_grad()
             loss.backward()
-        return np.array(values), [parameter.grad for parameter in self.model.parameters()]
+        values = np.array([float(terms[0])] + [share * float(term) for term in terms[1:]])
+        return values, [parameter.grad for parameter in self.model.parameters()]
+
+    def _parallel_loss_and_gradients(self, indices, t, noise, y) -> np.ndarray:
+        """The step with the batch split over CPU processes (minisdit/training/parallel.py): each
+        slice's loss is weighted by its share of the batch, so the summed gradients are those of
+        the batch mean."""
+        if self._parallel is None:  # forked here, after any --resume has loaded the weights
+            self._parallel = DataParallel(self.model.parameters(), self._loss_and_gradients, self.workers)
+        slices, start = [], 0
+        for size in split_sizes(len(indices), self.workers):
+            part = slice(start, start + size)
+            slices.append((indices[part], t[part], noise[part], y[part], size / len(indices)))
+            start += size
+        try:
+            return self._parallel.run(slices)
+        except WorkerError as error:
+            raise TrainingError(f"{error} at step {self.step + 1}; {self._last_good_sentence()}; "
+                                "rerun with --workers 1 to see the error in this process") from error
 
     def close(self):
         """Stop the data-parallel workers, if any (training can start them again)."""
@@ -256,8 +255,8 @@ class Trainer:
 
     def update(self, record: dict) -> dict:
         """Apply the gradients: clip, AdamW, EMA, step counter.  Call inside ``stops.deferred()``."""
-        if self.config.get("grad_clip"):
-            record["grad_norm"] = float(clip_grad_norm(self.model.parameters(), self.config["grad_clip"]))
+        if self.config.grad_clip:
+            record["grad_norm"] = float(clip_grad_norm(self.model.parameters(), self.config.grad_clip))
         self.optimizer.lr = self.learning_rate(self.step)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             self.optimizer.step()
@@ -279,20 +278,18 @@ class Trainer:
         if self.ema is None:
             return self.model
         if self._sampling_model is None:
-            self._sampling_model = sdit_from_preset(
-                self.config["preset"], in_channels=self.config["in_channels"], num_classes=self.config["num_classes"],
-                input_size=self.config["input_size"], seed=self.config["seed"]).to(device=self.device)
+            self._sampling_model = self._build_model()
         self.ema.copy_to(self._sampling_model)
         return self._sampling_model
 
     def sample_grid(self, name: str) -> Path:
         """A PNG grid of ``sample_num`` images, one class per column, same seed every time."""
         model = self.sampling_model()
-        count = self.config.get("sample_num", 64)
+        count = self.config.sample_num
         labels = np.arange(count) % model.num_classes
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            images = generate(self.diffusion, model, labels, sampler="ddpm", steps=self.config["sample_steps"],
-                              seed=self.config["seed"], cfg_scale=self.config["cfg_scale"])
+            images = generate(self.diffusion, model, labels, sampler="ddpm", steps=self.config.sample_steps,
+                              seed=self.config.seed, cfg_scale=self.config.cfg_scale)
         return save_grid(to_uint8(images), self.out / name, columns=min(count, model.num_classes))
 
     def read_log(self) -> list[dict]:
@@ -337,7 +334,7 @@ class Trainer:
         axis.set_ylabel(f"loss ({'weighted ' if weighted else ''}eps-MSE + L_vb)")
         axis.set_yscale("log")
         axis.legend()
-        axis.set_title(f"{self.config['dataset']}, preset {self.config['preset']}")
+        axis.set_title(f"{self.config.dataset}, preset {self.config.preset}")
         figure.tight_layout()
         temporary = self.out / f".loss.{os.getpid()}.tmp.png"  # renamed into place: never a truncated picture
         try:
@@ -350,63 +347,32 @@ class Trainer:
     def train(self) -> int:
         """Train to ``total_steps``; 0 when done, 128 + signal number when stopped by a signal."""
         config = self.config
-        print(f"training {config['preset']} ({self.model.num_parameters():,} parameters) on {config['dataset']} "
-              f"({len(self.images)} images) for {self.total_steps} steps of {config['batch_size']}; "
+        print(f"training {config.preset} ({self.model.num_parameters():,} parameters) on {config.dataset} "
+              f"({len(self.images)} images) for {self.total_steps} steps of {config.batch_size}; "
               f"run folder {self.out}", flush=True)
         if self.step:
             self.rewind_log()
         if self.step >= self.total_steps:
             print(f"the checkpoint is already at step {self.step} of {self.total_steps}; "
                   "pass a larger --steps or --epochs to train further", flush=True)
-        log = open(self.out / LOG_NAME, "a" if self.step else "w")
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                   unit="step")
-        started, started_step = time.perf_counter(), self.step
-        interrupted = False
         self.stops.install()
         try:
-            try:
-                while self.step < self.total_steps:
-                    record = self.forward_backward()
-                    with self.stops.deferred():  # the update, its log line and checkpoint happen whole
-                        self.update(record)
-                        elapsed = time.perf_counter() - started
-                        done = self.step - started_step
-                        images_per_second = done * config["batch_size"] / max(elapsed, 1e-9)
-                        eta = (self.total_steps - self.step) * elapsed / max(done, 1)
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
-                        if self.step % config["log_every"] == 0 or self.step == self.total_steps:
-                            record.update(images_per_second=images_per_second, elapsed_s=elapsed)
-                            log.write(json.dumps(record) + "\n")
-                            log.flush()
-                            if not self.progress:
-                                print(f"step {self.step}/{self.total_steps} loss {record['loss']:.4f} "
-                                      f"{images_per_second:.1f} img/s eta {_format_seconds(eta)}", flush=True)
-                        if self.step % config["ckpt_every"] == 0:
-                            self.save()
-                    if self.step % config["sample_every"] == 0:
-                        paused = time.perf_counter()
-                        self.sample_grid(f"samples_step{self.step:07d}.png")
-                        self.plot_losses()
-                        started += time.perf_counter() - paused  # images/s and ETA count training only
-            except KeyboardInterrupt:
-                interrupted = True
-            finally:
-                bar.close()
-                log.close()
+            with open(self.out / LOG_NAME, "a" if self.step else "w") as log, \
+                    tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
+                         unit="step") as bar:
+                stopped = self._steps(log, bar)
             self.stops.finishing()  # from here on a signal must not cut the final save short
             if self.last_good_checkpoint != (self.checkpoint_path(), self.step):
                 self.save()
-            path = self.checkpoint_path()
             self.plot_losses()
-            if interrupted:
-                print(f"interrupted ({self.stops.name}): saved step {self.step} to {path}; continue with: "
-                      f"python -m minisdit.train --resume --out {self.out}", flush=True)
-                return self.stops.exit_code
         finally:
             self.stops.restore()
             self.close()
+        path = self.checkpoint_path()
+        if stopped:
+            print(f"interrupted ({self.stops.name}): saved step {self.step} to {path}; continue with: "
+                  f"python -m minisdit.train --resume --out {self.out}", flush=True)
+            return self.stops.exit_code
         try:
             grid = self.sample_grid("samples_final.png")
         except KeyboardInterrupt:
@@ -416,3 +382,35 @@ class Trainer:
         print(f"done: {self.step} steps; checkpoint {path}; samples {grid}; loss curve {self.out / 'loss.png'}",
               flush=True)
         return 0
+
+    def _steps(self, log, bar) -> bool:
+        """Step until ``total_steps``; True when a stop signal (or Ctrl-C) ended the steps early."""
+        config, throughput = self.config, _Throughput(self.step, self.config.batch_size)
+        try:
+            while self.step < self.total_steps:
+                record = self.forward_backward()
+                with self.stops.deferred():  # the update, its log line and checkpoint happen whole
+                    self.update(record)
+                    self._report(record, throughput, log, bar)
+                    if self.step % config.ckpt_every == 0:
+                        self.save()
+                if self.step % config.sample_every == 0:
+                    with throughput.paused():
+                        self.sample_grid(f"samples_step{self.step:07d}.png")
+                        self.plot_losses()
+        except KeyboardInterrupt:
+            return True
+        return False
+
+    def _report(self, record: dict, throughput: _Throughput, log, bar):
+        """The progress bar after every step; a log line (and without a bar a printed line) every ``log_every``."""
+        elapsed, images_per_second, eta = throughput.measure(self.step, self.total_steps)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
+        if self.step % self.config.log_every == 0 or self.step == self.total_steps:
+            record.update(images_per_second=images_per_second, elapsed_s=elapsed)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if not self.progress:
+                print(f"step {self.step}/{self.total_steps} loss {record['loss']:.4f} "
+                      f"{images_per_second:.1f} img/s eta {_format_seconds(eta)}", flush=True)

@@ -189,15 +189,21 @@ def test_eval_is_deterministic_and_training_drops_labels():
     model.eval()
     first, second = model(x, t, y).numpy(), model(x, t, y).numpy()
     assert np.array_equal(first, second)
-    # label dropout: in training about 10% of the labels become "no class" (row num_classes)
-    embedder = model.y_embedder
+    # label dropout: about 10% of the labels become "no class" (num_classes), the same ones for the same rng
     labels = np.arange(1000) % 10
-    kept = embedder(labels, np.random.default_rng(0)).numpy()  # eval: nothing dropped
-    np.testing.assert_array_equal(kept, embedder.embedding_table.weight.numpy()[labels])
-    model.train()
-    dropped_rows = embedder(labels, np.random.default_rng(0)).numpy()
-    is_null = np.all(dropped_rows == embedder.embedding_table.weight.numpy()[10], axis=1)
+    dropped = model.drop_labels(labels, np.random.default_rng(0))
+    assert np.array_equal(dropped, model.drop_labels(labels, np.random.default_rng(0)))
+    is_null = dropped == 10
     assert 60 < is_null.sum() < 140
+    assert np.array_equal(dropped[~is_null], labels[~is_null])  # the others are kept as they were
+    # forward uses the labels as given, in training too: the no-class rows embed as the null row
+    model.train()
+    table = model.y_embedder.embedding_table.weight.numpy()
+    np.testing.assert_array_equal(model.y_embedder(dropped).numpy(), table[dropped])
+    np.testing.assert_array_equal(model.y_embedder(labels).numpy(), table[labels])
+    # no dropout probability: nothing dropped, no draw needed
+    model.class_dropout_prob = 0.0
+    assert np.array_equal(model.drop_labels(labels, np.random.default_rng(0)), labels)
 
 
 def _smooth(model):
@@ -295,8 +301,8 @@ def test_tiny_model_overfits_sixteen_images():
     optimizer = AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
     for _ in range(60):
-        model.label_dropout_rng = np.random.default_rng(1)
-        loss = diffusion.training_losses(model, Tensor(images), t, noise=noise, y=labels)["loss"]
+        y = model.drop_labels(labels, np.random.default_rng(1))
+        loss = diffusion.training_losses(model, Tensor(images), t, noise=noise, y=y)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

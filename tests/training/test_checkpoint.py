@@ -1,12 +1,12 @@
-"""Checkpoints: exact round trip, atomic writes (a crash or SIGKILL mid-save leaves the previous
-complete checkpoint), and one-line errors for every kind of unusable file."""
+"""Checkpoints: exact round trip, atomic writes (a crash or SIGKILL at each named point of a save
+leaves the previous complete checkpoint, or after the rename the new one), and one-line errors for
+every kind of unusable file."""
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,25 +66,47 @@ def test_missing_optimizer_and_ema_read_as_none(tmp_path):
     assert loaded["optimizer"] is None and loaded["ema"] is None
 
 
-# ----- atomicity -----
+# ----- atomicity: a save stopped at each of its named points -----
 
+def test_a_save_passes_its_points_in_order(tmp_path):
+    seen = []
+    save_checkpoint(tmp_path / "c.safetensors", model_state=arrays(0), step=1, config={}, rng_states={},
+                    at_point=seen.append)
+    assert tuple(seen) == ckpt.SAVE_POINTS
+
+
+def fail_at(point: str, failure: BaseException):
+    def at_point(name):
+        if name == point:
+            raise failure
+    return at_point
+
+
+BEFORE_RENAME = [point for point in ckpt.SAVE_POINTS if point != "after-rename"]
+
+
+@pytest.mark.parametrize("point", BEFORE_RENAME)
 @pytest.mark.parametrize("failure", [OSError("No space left on device"), KeyboardInterrupt()],
                          ids=["disk-full", "ctrl-c"])
-def test_a_save_cut_short_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+def test_a_save_cut_short_keeps_the_previous_checkpoint(tmp_path, point, failure):
     path = write(tmp_path / "c.safetensors", step=1, seed=1)
     before = path.read_bytes()
-
-    def half_then_fail(target, payload):
-        with open(target, "wb") as handle:
-            handle.write(payload[: len(payload) // 2])
-        raise failure
-
-    monkeypatch.setattr(ckpt, "_write_file", half_then_fail)
     with pytest.raises(type(failure)):
-        write(path, step=2, seed=2)
+        save_checkpoint(path, model_state=arrays(2), step=2, config={}, rng_states={}, at_point=fail_at(point, failure))
     assert path.read_bytes() == before
     assert load_checkpoint(path)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # the half-written temp file is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # the temp file is gone
+
+
+def test_a_save_cut_short_after_the_rename_holds_the_new_checkpoint(tmp_path):
+    path = write(tmp_path / "c.safetensors", step=1, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model_state=arrays(2), step=2, config={}, rng_states={},
+                        at_point=fail_at("after-rename", KeyboardInterrupt()))
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 2
+    assert_same(loaded["model"], arrays(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
 
 
 def test_a_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -100,90 +122,106 @@ def test_a_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
 
 
-def test_a_first_save_cut_short_leaves_no_file_at_the_path(tmp_path, monkeypatch):
-    def fail(target, payload):
-        Path(target).write_bytes(payload[:100])
-        raise OSError("disk full")
-
-    monkeypatch.setattr(ckpt, "_write_file", fail)
+def test_a_first_save_cut_short_leaves_no_file_at_the_path(tmp_path):
     with pytest.raises(OSError):
-        write(tmp_path / "c.safetensors", step=1)
+        save_checkpoint(tmp_path / "c.safetensors", model_state=arrays(0), step=1, config={}, rng_states={},
+                        at_point=fail_at("mid-write", OSError("disk full")))
     assert list(tmp_path.iterdir()) == []
 
 
-SAVE_LOOP = textwrap.dedent("""
+# A child process saves steps 1, 2, 3; during the save of step 3 it stops at one named point, says
+# so through a pipe and waits there (reading its stdin, which the parent never writes): the parent
+# SIGKILLs it at exactly that point, whatever the speed of the machine or its disk.
+SAVE_AND_STOP = textwrap.dedent("""
+    import os
     import sys
-    import time
     import numpy as np
     from minisdit.training import checkpoint
-    path, pause_mid_write = sys.argv[1], sys.argv[2] == "1"
-    write_file = checkpoint._write_file
+    path, stop_point, stop_step, report = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    weights = np.random.default_rng(0).standard_normal((4, 64, 64)).astype(np.float32)
 
-    def write_in_two_halves(target, payload):
-        # the real writer, cut in two with a pause between, so the test can kill us mid-write
-        with open(target, "wb") as handle:
-            handle.write(payload[: len(payload) // 2])
-            handle.flush()
-            print("half-written", flush=True)
-            time.sleep(0.5)
-        write_file(target, payload)
+    def at_point(name):
+        if name == stop_point and step == stop_step:
+            os.write(report, name.encode())
+            sys.stdin.read()  # blocks until the parent kills this process
 
-    if pause_mid_write:
-        checkpoint._write_file = write_in_two_halves
-    weights = np.random.default_rng(0).standard_normal((4, 1024, 1024)).astype(np.float32)  # 16 MB
-    for step in range(1, 1000):
+    for step in range(1, stop_step + 1):
         weights[:, 0, 0] = step
-        print(f"saving {step}", flush=True)
-        checkpoint.save_checkpoint(path, model_state={"w": weights}, step=step, config={"step": step}, rng_states={})
+        checkpoint.save_checkpoint(path, model_state={"w": weights}, step=step, config={"step": step},
+                                   rng_states={}, at_point=at_point)
 """)
 
 
-def kill_while_saving(folder: Path, *, mid_write: bool, delay_s: float = 0.0) -> Path:
-    """Start the save loop, SIGKILL it during the save of step 3; return the checkpoint path."""
+def kill_at(folder: Path, point: str, step: int = 3) -> Path:
+    """Run SAVE_AND_STOP, SIGKILL it where it stopped (``point`` of the save of ``step``); return the path."""
     path = folder / "checkpoint.safetensors"
-    process = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(path), "1" if mid_write else "0"],
-                               stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen([sys.executable, "-c", SAVE_AND_STOP, str(path), point, str(step), str(write_end)],
+                               stdin=subprocess.PIPE, pass_fds=(write_end,), cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.close(write_end)  # so that the read below ends (empty) if the child dies without reaching the point
     try:
-        seen = []
-        for line in process.stdout:
-            seen.append(line.strip())
-            if seen[-2:] == ["saving 3", "half-written"] or (not mid_write and seen[-1] == "saving 3"):
-                break
-        time.sleep(delay_s)
+        with os.fdopen(read_end, "rb") as report:
+            reached = report.read(len(point))
+        assert reached == point.encode(), f"the saving process ended before reaching {point!r}"
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-        process.stdout.close()
+        process.stdin.close()
     assert process.returncode == -signal.SIGKILL
     return path
 
 
-def assert_complete_checkpoint_or_temp_files_only(path: Path, steps: tuple):
-    loaded = load_checkpoint(path)
-    assert loaded["step"] in steps and loaded["config"] == {"step": loaded["step"]}
-    assert np.all(loaded["model"]["w"][:, 0, 0] == loaded["step"])
-    # a killed writer cannot remove its temp file, but the temp file is never at the checkpoint path
-    strays = [p.name for p in path.parent.iterdir() if p != path]
-    assert all(name.startswith(".checkpoint.safetensors.") and name.endswith(".tmp") for name in strays), strays
-    return strays
+def strays(path: Path) -> list:
+    """Files beside the checkpoint: only a killed writer's temp files may be there."""
+    names = [p for p in path.parent.iterdir() if p != path]
+    assert all(p.name.startswith(".checkpoint.safetensors.") and p.name.endswith(".tmp") for p in names), names
+    return names
 
 
-def test_sigkill_in_the_middle_of_writing_keeps_the_previous_checkpoint(tmp_path):
-    path = kill_while_saving(tmp_path, mid_write=True)
-    strays = assert_complete_checkpoint_or_temp_files_only(path, steps=(2,))
-    assert len(strays) == 1  # the half-written temp file: the kill really landed mid-write
-    assert (tmp_path / strays[0]).stat().st_size < path.stat().st_size
+def assert_checkpoint_of_step(path: Path, step: int):
+    loaded = load_checkpoint(path)  # complete: it parses and its tensors match their checksum
+    assert loaded["step"] == step and loaded["config"] == {"step": step}
+    assert np.all(loaded["model"]["w"][:, 0, 0] == step)
 
 
-@pytest.mark.parametrize("delay_s", [0.0, 0.06, 0.12])
-def test_sigkill_anywhere_in_a_save_leaves_a_complete_checkpoint(tmp_path, delay_s):
-    """Killed at different points of a ~0.15 s save (serialising, checksum, write, rename): the
-    file at the path is the complete checkpoint 2 or 3, consistent in itself."""
-    path = kill_while_saving(tmp_path, mid_write=False, delay_s=delay_s)
-    assert_complete_checkpoint_or_temp_files_only(path, steps=(2, 3))
+def test_sigkill_after_serialising_keeps_the_previous_checkpoint_and_no_temp_file(tmp_path):
+    path = kill_at(tmp_path, "serialised")
+    assert_checkpoint_of_step(path, 2)
+    assert strays(path) == []  # nothing written yet
+
+
+def test_sigkill_mid_write_keeps_the_previous_checkpoint_and_a_partial_temp_file(tmp_path):
+    path = kill_at(tmp_path, "mid-write")
+    assert_checkpoint_of_step(path, 2)
+    (temporary,) = strays(path)
+    assert 0 < temporary.stat().st_size < path.stat().st_size  # half of the new checkpoint, never at the path
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(temporary)
+
+
+@pytest.mark.parametrize("point", ["after-fsync", "before-rename"])
+def test_sigkill_before_the_rename_keeps_the_previous_checkpoint_and_a_complete_temp_file(tmp_path, point):
+    path = kill_at(tmp_path, point)
+    assert_checkpoint_of_step(path, 2)
+    (temporary,) = strays(path)
+    assert_checkpoint_of_step(temporary, 3)  # the new one was whole; only the rename was missing
+
+
+def test_sigkill_after_the_rename_holds_the_new_checkpoint(tmp_path):
+    path = kill_at(tmp_path, "after-rename")
+    assert_checkpoint_of_step(path, 3)
+    assert strays(path) == []  # the rename moved the temp file to the path
+
+
+@pytest.mark.parametrize("point", BEFORE_RENAME)
+def test_sigkill_in_a_first_save_before_the_rename_leaves_no_checkpoint(tmp_path, point):
+    path = kill_at(tmp_path, point, step=1)
+    assert not path.exists()
+    strays(path)
 
 
 # ----- unusable files: one-line errors that say what to do -----
@@ -226,6 +264,17 @@ def test_a_foreign_safetensors_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
     assert_one_line_error(caught.value, "not written by minisdit.train", "'pt'")
+
+
+def test_a_checkpoint_without_a_checksum_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "c.safetensors"
+    save_file({"model.w": np.ones(2, np.float32)}, str(path),
+              metadata={"format": ckpt.FORMAT_VERSION, "step": "3", "config": "{}", "rng_states": "{}"})
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert_one_line_error(caught.value, str(path), "no checksum", "earlier version", "start a new run")
 
 
 def test_bad_metadata_is_reported_as_corrupt(tmp_path):

@@ -1,4 +1,5 @@
 """CPU data parallelism (minisdit/training/parallel.py): W processes give the whole batch's gradients."""
+import dataclasses
 import os
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minisdit import diffusion
+from minisdit.training.config import CPU_RECIPE
 from minisdit.training.parallel import split_sizes
 from minisdit.training.trainer import Trainer, TrainingError
 
@@ -22,9 +24,9 @@ def make_trainer(tmp_path, workers, batch_size=7, seed=5, **changes):
     rng = np.random.default_rng(11)
     images = rng.integers(0, 256, (21, 1, 28, 28), dtype=np.uint8)
     labels = np.arange(21, dtype=np.int64) % 10
-    config = dict(device="cpu", preset="tiny", batch_size=batch_size, lr=1e-3, warmup_steps=0, steps=3, epochs=None,
-                  seed=seed, weight_decay=0.01, grad_clip=0.0, ema=0.0, sample_steps=2, sample_num=2, cfg_scale=1.0,
-                  num_train=None, workers=workers, **changes)
+    config = dataclasses.replace(CPU_RECIPE, batch_size=batch_size, lr=1e-3, warmup_steps=0, steps=3, seed=seed,
+                                 mse_weighting="uniform", sample_steps=2, sample_num=2, cfg_scale=1.0,
+                                 workers=workers, **changes)
     return Trainer(config, images, labels, tmp_path, progress=False)
 
 
@@ -51,15 +53,20 @@ def test_workers_give_the_loss_and_gradients_of_the_whole_batch(tmp_path, worker
         shared.close()
 
 
-def test_labels_dropped_in_the_trainer_match_the_model_own_dropout(tmp_path):
-    # the parallel path draws "no class" for the whole batch itself: it must pick the same labels
-    trainer = make_trainer(tmp_path, 1)
+def test_both_paths_draw_the_labels_dropped_by_the_model_own_api(tmp_path):
+    # the one-process and the parallel step both take the labels of draw_step: dropped once, by
+    # SDiT.drop_labels with the step's own generator (seed, 2, step)
+    alone, shared = make_trainer(tmp_path, 1, batch_size=21), make_trainer(tmp_path, 2, batch_size=21)
+    for trainer in (alone, shared):
+        indices, _, _, y = trainer.draw_step()
+        expected = trainer.model.drop_labels(trainer.labels[indices], np.random.default_rng([5, 2, 0]))
+        assert np.array_equal(y, expected)
+    assert np.array_equal(alone.draw_step()[3], shared.draw_step()[3])
     labels = np.arange(1000) % 10
-    embedder = trainer.model.y_embedder
-    dropped = embedder.drop_labels(labels, np.random.default_rng([5, 2, 0]))
+    dropped = alone.model.drop_labels(labels, np.random.default_rng([5, 2, 0]))
     assert 50 < int((dropped == 10).sum()) < 150  # about 10 %
     inside = np.random.default_rng([5, 2, 0])
-    expected = np.where(inside.random(1000) < embedder.dropout_prob, 10, labels)
+    expected = np.where(inside.random(1000) < alone.model.class_dropout_prob, 10, labels)
     assert np.array_equal(dropped, expected)
 
 

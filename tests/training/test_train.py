@@ -6,6 +6,7 @@ sample grids of 2 images with 2 DDPM steps.  EMA, warm-up and gradient clipping 
 reference run so that resuming has to restore all of them.
 """
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -15,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from minisdit import backend, data, diffusion
 from minisdit.autograd import optim
 from minisdit.cli import train
 from minisdit.training.checkpoint import load_checkpoint, save_checkpoint
+from minisdit.training.config import CPU_RECIPE
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -256,12 +257,18 @@ def test_ctrl_c_in_a_real_process(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline = time.monotonic() + 120
-        while not ((out / "log.jsonl").exists() and (out / "log.jsonl").read_text().strip()):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+        # with --no-progress the run prints "step 1/1000 ..." after writing the step's log line:
+        # signal it then, without polling the clock
+        before = []
+        for line in process.stdout:
+            before.append(line)
+            if line.startswith("step "):
+                break
+        else:
+            pytest.fail(f"the training process ended before its first step: {process.communicate()}")
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)
+        stdout = "".join(before) + stdout
     finally:
         if process.poll() is None:
             process.kill()
@@ -383,50 +390,61 @@ def test_resume_errors(reference, tmp_path):
     assert load_checkpoint(reference[0] / "checkpoint.safetensors")["step"] == STEPS
 
 
-def test_resume_from_a_first_version_checkpoint(reference, tmp_path):
-    """The first checkpoints stored the optimizer's scalars with shape (1,), named the random
-    scheme in other words, had no checksum and called the label table y_embedder.embedding_table;
-    they still resume exactly."""
+def checkpoint_without(reference_out: Path, path: Path, what: str) -> Path:
+    """A copy of the reference checkpoint lacking one thing this version writes."""
     from safetensors.numpy import save_file
 
     from minisdit.training import checkpoint as ckpt
 
-    step2 = load_checkpoint(reference[2](2))
-    def old_name(name):
-        return "y_embedder.embedding_table" if name == "y_embedder.embedding_table.weight" else name
+    saved = load_checkpoint(reference_out / "checkpoint.safetensors")
+    config, rng_states, optimizer = dict(saved["config"]), dict(saved["rng_states"]), saved["optimizer"]
+    if what == "checksum":
+        tensors = {f"{part}.{name}": value for part in ("model", "optimizer", "ema")
+                   for name, value in saved[part].items()}
+        save_file(tensors, str(path), metadata={"format": ckpt.FORMAT_VERSION, "step": str(saved["step"]),
+                                                "extra": "{}", "config": json.dumps(config),
+                                                "rng_states": json.dumps(rng_states)})
+        return path
+    if what == "config field":
+        del config["num_timesteps"]
+    if what == "rng scheme":
+        rng_states["scheme"] = "derived from (seed, purpose, counter)"
+    if what == "optimizer":
+        optimizer = None
+    save_checkpoint(path, model_state=saved["model"], optimizer_state=optimizer, ema_state=saved["ema"],
+                    step=saved["step"], config=config, rng_states=rng_states)
+    return path
 
-    tensors = {f"model.{old_name(k)}": v for k, v in step2["model"].items()}
-    tensors.update({f"ema.{old_name(k)}": v for k, v in step2["ema"].items()})
-    assert "model.y_embedder.embedding_table" in tensors
-    tensors.update({f"optimizer.{k}": v.reshape(1) if v.ndim == 0 else v for k, v in step2["optimizer"].items()})
+
+@pytest.mark.parametrize("what, fragment", [
+    ("config field", "lacks num_timesteps: it was written by an earlier version"),
+    ("checksum", "has no checksum of its tensors"),
+    ("rng scheme", "drew its random numbers another way ('derived from (seed, purpose, counter)')"),
+    ("optimizer", "holds no optimizer state"),
+])
+def test_a_checkpoint_missing_what_this_version_writes_is_refused(reference, tmp_path, what, fragment):
+    """No shims for earlier checkpoints: one line that says to start a new run, and nothing changed."""
     out = tmp_path / "run"
     out.mkdir()
-    save_file(tensors, str(out / "checkpoint.safetensors"), metadata={
-        "format": ckpt.FORMAT_VERSION, "step": "2", "config": json.dumps(step2["config"]), "extra": "{}",
-        "rng_states": json.dumps({"scheme": "derived from (seed, purpose, counter)", "seed": 3})})
-    code, _, stderr = run_cli("--resume", "--out", out, "--steps", 3, "--no-progress")
-    assert code == 0, stderr
-    assert_bitwise_equal_checkpoints(out / "checkpoint.safetensors", reference[2](3))
+    path = checkpoint_without(reference[0], out / "checkpoint.safetensors", what)
+    before = path.read_bytes()
+    code, _, stderr = run_cli("--resume", "--out", out, "--steps", STEPS + 1, "--no-progress")
+    assert_one_line_error(code, stderr, str(path), fragment, "start a new run")
+    assert path.read_bytes() == before
+    assert not (out / "config.json").exists() and not (out / "log.jsonl").exists()
 
 
-def test_a_run_from_before_workers_and_weighting_resumes_as_it_was_trained(tmp_path):
-    """Checkpoints written before --workers and --mse-weighting existed trained in one process with
-    the plain ε-MSE; resumed, they go on that way (not with today's CPU defaults)."""
-    old_way = ["--workers", 1, "--mse-weighting", "uniform"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    code, _, stderr = run_cli(*COMMON, *old_way, "--steps", STEPS, "--out", straight)
+def test_every_option_changed_on_resume_is_said_and_used(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    code, stdout, stderr = run_cli("--resume", "--out", out, "--steps", STEPS + 1, "--workers", 1,
+                                   "--mse-weighting", "uniform", "--sample-num", 3, "--no-progress")
     assert code == 0, stderr
-    code, _, stderr = run_cli(*COMMON, *old_way, "--steps", STEPS // 2, "--out", resumed)
-    assert code == 0, stderr
-    path = resumed / "checkpoint.safetensors"
-    checkpoint = load_checkpoint(path)
-    config = {k: v for k, v in checkpoint["config"].items() if k not in ("workers", "mse_weighting", "max_mse_weight")}
-    save_checkpoint(path, model_state=checkpoint["model"], optimizer_state=checkpoint["optimizer"],
-                    ema_state=checkpoint["ema"], step=checkpoint["step"], config=config,
-                    rng_states=checkpoint["rng_states"])
-    code, _, stderr = run_cli("--resume", "--out", resumed, "--steps", STEPS, "--no-progress")
-    assert code == 0, stderr
-    assert_bitwise_equal_checkpoints(path, straight / "checkpoint.safetensors")
+    assert "changed on resume: mse_weighting truncated-snr -> uniform, workers 2 -> 1, sample_num 2 -> 3, " \
+           "steps 4 -> 5" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert (config["workers"], config["mse_weighting"], config["sample_num"], config["steps"]) == (1, "uniform", 3, 5)
+    assert load_checkpoint(out / "checkpoint.safetensors")["config"] == config
 
 
 def test_resume_at_the_end_changes_nothing(reference, tmp_path):
@@ -462,12 +480,22 @@ def test_learning_rate_warms_up_stays_and_decays_over_the_last_fraction(tmp_path
     from minisdit.training.trainer import Trainer
 
     images, labels = fake_dataset()
-    config = dict(device="cpu", preset="tiny", batch_size=4, lr=1e-3, warmup_steps=2, steps=10, epochs=None, seed=0,
-                  weight_decay=0.01, grad_clip=0.0, ema=0.0, sample_steps=2, sample_num=2, cfg_scale=1.0,
-                  num_train=None, workers=1, lr_decay_fraction=0.4)
+    config = dataclasses.replace(CPU_RECIPE, batch_size=4, lr=1e-3, warmup_steps=2, steps=10, workers=1,
+                                 lr_decay_fraction=0.4)
     trainer = Trainer(config, images, labels, tmp_path, progress=False)
     rates = [trainer.learning_rate(step) for step in range(10)]
     # warm-up 2 steps, constant, then the last 4 of 10 steps go 4/4, 3/4, 2/4, 1/4 of the rate
     assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4], rel=1e-12)
-    trainer.config["lr_decay_fraction"] = 0.0
+    trainer.config = dataclasses.replace(config, lr_decay_fraction=0.0)
     assert [trainer.learning_rate(step) for step in range(2, 10)] == [1e-3] * 8
+
+
+def test_images_that_do_not_fit_the_config_give_one_line(tmp_path):
+    from minisdit.training.trainer import Trainer, TrainingError
+
+    images, labels = fake_dataset()  # (12, 1, 28, 28)
+    config = dataclasses.replace(CPU_RECIPE, batch_size=4, in_channels=3, input_size=32, dataset="cifar10")
+    with pytest.raises(TrainingError) as caught:
+        Trainer(config, images, labels, tmp_path, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "(1, 28, 28)" in message and "(3, 32, 32)" in message and "cifar10" in message

@@ -1,0 +1,94 @@
+"""The run's configuration: one dataclass, the GPU and CPU recipes, and its JSON round trip.
+
+A run folder's config.json and every checkpoint hold ``TrainConfig.to_json()``; ``--resume`` reads
+it back with ``TrainConfig.from_dict``, which refuses a config that lacks a field this version
+writes (a checkpoint of an earlier version: start a new run) instead of guessing the old value.
+
+On resume the fields of ``FIXED_ON_RESUME`` (they decide the model's shape or the diffusion) must
+stay as they were; every other field may be changed and the run goes on with the new value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+NUM_TIMESTEPS = 1000  # the diffusion's length T (docs/DESIGN.md §4)
+MAX_MSE_WEIGHT = 30.0  # the cap of the truncated-SNR ε-MSE weights (docs/decisions.md)
+MSE_WEIGHTINGS = ("uniform", "truncated-snr")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a run.  The defaults are the authors' GPU recipe (docs/DESIGN.md §4)."""
+
+    # what is trained: fixed for the life of a run
+    dataset: str = "mnist"
+    preset: str = "paper"
+    in_channels: int = 1
+    input_size: int = 28
+    num_classes: int = 10
+    num_timesteps: int = NUM_TIMESTEPS
+    # how it is trained; the length is `steps` optimizer steps, or `epochs` passes when steps is None
+    device: str = "gpu"
+    seed: int = 0
+    batch_size: int = 256
+    steps: int | None = None
+    epochs: int | None = 1600
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    lr_decay_fraction: float = 0.0  # > 0: the last fraction of the steps decays linearly towards 0
+    grad_clip: float = 0.0  # 0: off
+    ema: float = 0.0  # EMA decay of the weights; 0: off
+    mse_weighting: str = "uniform"  # or "truncated-snr" (GaussianDiffusion.mse_weights)
+    max_mse_weight: float = MAX_MSE_WEIGHT
+    workers: int = 1  # CPU processes sharing each batch (minisdit/training/parallel.py)
+    num_train: int | None = None  # None: every training image
+    # what the run writes
+    sample_every: int = 5000
+    sample_steps: int = 250  # respaced DDPM steps of the sample grids
+    sample_num: int = 100
+    cfg_scale: float = 1.0  # classifier-free guidance of the sample grids; 1: off
+    ckpt_every: int = 5000
+    log_every: int = 50
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        return self.steps if self.steps is not None else self.epochs * batches_per_epoch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, **options) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, **options)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "the config") -> "TrainConfig":
+        """The config ``values`` describe (as ``to_dict`` wrote them); a one-line ValueError when a
+        field is missing or unknown, naming ``source``."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in values]
+        if missing:
+            raise ValueError(f"{source} lacks {', '.join(missing)}: it was written by an earlier version of minisdit "
+                             "and cannot be resumed exactly; start a new run")
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"{source} holds fields this version does not know ({', '.join(unknown)}); "
+                             "resume it with the minisdit version that wrote it, or start a new run")
+        return cls(**{name: values[name] for name in names})
+
+
+# The authors' recipe for a GPU (docs/DESIGN.md §4): the dataclass defaults.
+GPU_RECIPE = TrainConfig()
+# On a CPU: what draws recognisable digits in about 15 minutes on two cores (docs/decisions.md has
+# the measurements): the `tiny` model, two processes sharing each batch of 32, lr 2e-3 with warm-up,
+# the ε-MSE weighted by truncated SNR so that the class and shape are worth learning early, and
+# sample grids drawn with classifier-free guidance.
+CPU_RECIPE = dataclasses.replace(
+    GPU_RECIPE, device="cpu", preset="tiny", batch_size=32, lr=2e-3, warmup_steps=100, steps=4800, epochs=None,
+    sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250, log_every=10, workers=2,
+    mse_weighting="truncated-snr", cfg_scale=8.0)
+RECIPES = {"gpu": GPU_RECIPE, "cpu": CPU_RECIPE}
+
+# what a resumed run must share with its checkpoint: the model's shape, the data and the diffusion
+FIXED_ON_RESUME = ("dataset", "preset", "in_channels", "input_size", "num_classes", "num_timesteps")
