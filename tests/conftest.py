@@ -6,7 +6,14 @@ environment sets ``MINISDIT_REQUIRE_GPU=1`` (scripts/gpu_check.sh on a lent GPU)
 that reason: on a GPU machine a skipped GPU test is a broken setup, not a pass.
 
 ``device`` runs a test once on "cpu" and once on "gpu" (the GPU run is marked ``gpu``).
-Hypothesis uses the "ci" profile unless HYPOTHESIS_PROFILE names another ("dev" runs more examples).
+
+Hypothesis profiles: "ci" (30 examples, derandomized: the same examples on every run and every
+machine, so a red CI run can be rerun and a green one means the same thing twice), "local" (30
+examples, freshly drawn each run, failures replayed from .hypothesis/), "dev" (200 examples).
+HYPOTHESIS_PROFILE picks one; otherwise CI=true (set by CI services and by .ci/run) picks "ci",
+and anything else "local".  A test that needs fewer or more examples than the profile says scales
+the profile's count, e.g. ``@settings(max_examples=settings().max_examples // 5)``
+(``settings()`` is the loaded profile), so "dev" still runs more and "ci" stays reproducible.
 """
 import os
 
@@ -16,10 +23,24 @@ from hypothesis import HealthCheck, settings
 
 from minisdit import backend
 
-settings.register_profile("ci", max_examples=30, deadline=None, print_blob=True,
+# No deadline anywhere: how long an example takes depends on the machine, not on the code.  Each
+# profile starts from hypothesis' own defaults, not from whatever hypothesis loaded on import
+# (it loads its built-in "ci" profile whenever a CI variable exists, even CI=false).
+DEFAULTS = settings.get_profile("default")
+settings.register_profile("ci", DEFAULTS, max_examples=30, derandomize=True, database=None, deadline=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("local", DEFAULTS, max_examples=30, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+settings.register_profile("dev", DEFAULTS, max_examples=200, deadline=None, print_blob=True)
+
+
+def hypothesis_profile(environ=os.environ) -> str:
+    if environ.get("HYPOTHESIS_PROFILE"):
+        return environ["HYPOTHESIS_PROFILE"]
+    return "ci" if environ.get("CI", "").lower() in ("1", "true", "yes") else "local"
+
+
+settings.load_profile(hypothesis_profile())
 
 REQUIRE_GPU = os.environ.get("MINISDIT_REQUIRE_GPU") == "1"
 # Asked once per session: None when the GPU works, else why it does not.

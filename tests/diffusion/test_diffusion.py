@@ -16,7 +16,7 @@ from minisdit.diffusion import (DDIMStep, EpsilonMSE, GaussianDiffusion, SpacedD
                                 ddim_sigma, discretized_gaussian_log_likelihood, generate, normal_kl, space_timesteps)
 from minisdit.autograd.gradcheck import gradcheck
 
-FAST = settings(max_examples=25, deadline=None)
+FAST = settings(max_examples=settings().max_examples * 5 // 6, deadline=None)
 DIFFUSION = GaussianDiffusion()
 
 

@@ -13,7 +13,7 @@ from minisdit.kernels import runtime as cuda
 from minisdit.diffusion import (EpsilonMSE, GaussianDiffusion, epsilon_mse_backward_reference,
                                 epsilon_mse_reference, fused_q_sample, q_sample_reference, squared_error_reference)
 
-FAST = settings(max_examples=25, deadline=None)
+FAST = settings(max_examples=settings().max_examples * 5 // 6, deadline=None)
 SCALARS = {"float": np.float32, "double": np.float64}
 TOLERANCE = {"float": dict(rtol=2e-6, atol=1e-6), "double": dict(rtol=1e-13, atol=1e-14)}
 # (batch, per-sample shape): odd sizes, size-1 axes, and enough elements for several blocks

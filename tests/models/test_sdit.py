@@ -218,7 +218,7 @@ def _smooth(model):
 IMAGE_AND_PATCH = [(4, 4), (4, 2), (6, 2), (6, 3), (8, 4)]
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=settings().max_examples * 2 // 15, deadline=None)
 @example(batch=2, channels=1, hidden=4, image_patch=(4, 2), depth=4, reconstruction=True, num_classes=3, seed=0)
 @given(batch=st.integers(1, 3), channels=st.integers(1, 2), hidden=st.integers(3, 5),
        image_patch=st.sampled_from(IMAGE_AND_PATCH), depth=st.sampled_from([2, 4]), reconstruction=st.booleans(),
@@ -255,7 +255,7 @@ def test_tiny_preset_gradient_every_parameter_group():
     assert report.checks == 2 * (1 + len(model.parameters()))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=settings().max_examples // 5, deadline=None)
 @given(batch=st.integers(1, 3), hidden=st.integers(1, 5), tokens=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
 def test_reconstruction_module_gradient_alone(batch, hidden, tokens, seed):
     rng = np.random.default_rng(seed)

@@ -165,7 +165,7 @@ def gradcheck_module(module, x, **options):
     return testing.gradcheck_module(module, [x], **options)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=settings().max_examples * 2 // 5, deadline=None)
 @given(batch=st.integers(1, 2), length=st.integers(1, 6), dim=st.integers(2, 4), layer_id=st.integers(0, 3),
        seed=st.integers(0, 2**32 - 1))
 @pytest.mark.parametrize("module_class", [TimeMix, ChannelMix])

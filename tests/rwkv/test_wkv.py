@@ -12,7 +12,7 @@ from minisdit.autograd.gradcheck import gradcheck
 from minisdit.rwkv.wkv_operator import (kernel_defines, wkv, wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel,
                                         wkv_forward_numpy, wkv_quadratic_numpy)
 
-FAST = settings(max_examples=30, deadline=None)
+FAST = settings(max_examples=settings().max_examples, deadline=None)
 # no overflow, no 0/0, no log(0) anywhere: underflow to 0 is the only thing the recurrences allow
 STRICT = dict(over="raise", invalid="raise", divide="raise")
 

@@ -12,7 +12,7 @@ from minisdit.training.parallel import split_sizes
 from minisdit.training.trainer import Trainer, TrainingError
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=settings().max_examples * 4 // 3, deadline=None)
 @given(batch=st.integers(1, 300), workers=st.integers(1, 8))
 def test_split_sizes_cover_the_batch_evenly(batch, workers):
     sizes = split_sizes(batch, workers)
