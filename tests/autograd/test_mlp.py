@@ -6,7 +6,6 @@ An MLP 2 -> 32 -> 32 -> 1 (SiLU) trained full-batch for 300 AdamW steps (lr 0.02
 0.7-1.1 s on one core (a linear model, for contrast, stays at loss 0.27, 88.5% accuracy).
 The test asks for loss < 0.005, accuracy >= 99% and < 5 s.
 """
-import time
 
 import numpy as np
 
@@ -62,11 +61,8 @@ def train_two_moons(steps=300):
     return float(logistic_loss(model(x), y).item()), accuracy
 
 
-def test_mlp_learns_two_moons_quickly():
-    start = time.perf_counter()
+def test_mlp_learns_two_moons():
     loss, accuracy = train_two_moons()
-    seconds = time.perf_counter() - start
-    print(f"two-moons MLP: loss {loss:.4f}, accuracy {accuracy:.3f}, {seconds:.2f} s")
     assert loss < 0.005
     assert accuracy >= 0.99
 
