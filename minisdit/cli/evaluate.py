@@ -27,7 +27,7 @@ from ..metrics.fid import FeatureStatistics
 from ..models.sdit import SDiTBlock
 from ..snn import firing_rates, record_firing_rates, reset_firing_rates
 from ..training.checkpoint import CheckpointError, load_model
-from .common import OneLineParser, add_cpu_arguments, configure_cpu_runtime
+from .common import OneLineParser, add_cpu_arguments, configure_cpu_runtime, own_runtime_settings
 
 METRICS = ("fid-lenet", "is-lenet", "fid-inception")
 
@@ -124,6 +124,7 @@ def count_macs(model) -> int:
     return int(blocks * block + skips + embed + head)
 
 
+@own_runtime_settings  # the CPU-kernel setting ends with the command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:

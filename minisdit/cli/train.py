@@ -27,7 +27,7 @@ from ..data import dataset_spec
 from ..models import PRESETS
 from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from ..training.trainer import CHECKPOINT_NAME, Trainer, TrainingError
-from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime
+from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
 
 # The authors' recipe (DESIGN.md section 4) for a GPU.  On a CPU the defaults shrink to what draws
 # recognisable digits in about 15 minutes on two cores (docs/decisions.md has the measurements): the
@@ -162,6 +162,7 @@ def resumed_config(args, checkpoint: dict, device: str) -> dict:
     return config
 
 
+@own_runtime_settings  # the CPU-kernel setting ends with the command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
