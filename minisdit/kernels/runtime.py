@@ -229,6 +229,21 @@ def cpu_kernels_enabled() -> bool:
     return _CPU_KERNELS.get()
 
 
+_POISON_OUTPUTS = contextvars.ContextVar("minisdit_poison_outputs", default=False)
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Inside this block ``Kernels.run`` fills every output array with NaN before the launch, so
+    that a check sees an entry the kernel forgot to write (uninitialised memory could otherwise
+    hold the right answer, left there by an earlier run)."""
+    token = _POISON_OUTPUTS.set(True)
+    try:
+        yield
+    finally:
+        _POISON_OUTPUTS.reset(token)
+
+
 def kernels_run_on(array) -> bool:
     """Whether an op runs its kernel on ``array``: always on a CuPy array, on a NumPy array only
     inside ``cpu_kernels()``; elsewhere the op runs its NumPy reference."""
@@ -432,6 +447,10 @@ class Kernels:
             if "*" in ctype and (value.dtype != self.dtype or not value.flags.c_contiguous):
                 raise TypeError(f"argument {pname} of kernel {name} must be a C-contiguous {self.dtype} array, got "
                                 f"{value.dtype}; pass xp.ascontiguousarray(a, dtype=np.{self.dtype})")
+        if _POISON_OUTPUTS.get():
+            for (ctype, _), value in zip(parameters, arguments):
+                if argument_group(ctype) == "output":
+                    value.fill(np.nan)
         if True in on_gpu:
             kernel = gpu_function(self.file_name, name, self.defines)
             arguments = [value if "*" in ctype else self._value(ctype, value) for (ctype, _), value in zip(parameters, arguments)]
