@@ -77,6 +77,7 @@ def configure_cpu_runtime(blas_threads: int = 1, compiled_kernels: bool = True) 
     if compiled_kernels:
         if cuda.cpu_compiler() is not None:
             cuda.select_cpu_kernels(True)  # ends with the context that own_runtime_settings made
-            return ("LIF, WKV and the DDPM loss run as minisdit/kernels/*.cu compiled for the CPU "
+            # the first words are what scripts and tests look for; keep them
+            return ("LIF and WKV run as minisdit/kernels/*.cu compiled for the CPU, as does the DDPM loss "
                     "(--no-cpu-kernels: NumPy references)")
     return None
