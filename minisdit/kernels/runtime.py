@@ -192,7 +192,7 @@ def nvrtc_compile(source: str, defines: dict | None = None, arch: str = "compute
 
 
 # ---------------------------------------------------------------------------------------------
-# CPU: the same source compiled as C++ and run thread by thread
+# The settings: whether ops run their kernels on NumPy arrays, and poisoned outputs for checks
 # ---------------------------------------------------------------------------------------------
 _CPU_KERNELS = contextvars.ContextVar("minisdit_cpu_kernels", default=False)
 
@@ -250,6 +250,9 @@ def kernels_run_on(array) -> bool:
     return backend.is_gpu_array(array) or cpu_kernels_enabled()
 
 
+# ---------------------------------------------------------------------------------------------
+# CPU: the same source compiled as C++ and run thread by thread
+# ---------------------------------------------------------------------------------------------
 def cpu_compiler() -> str | None:
     """The C++ compiler used for CPU kernels (``$CXX``, g++ or c++), or None."""
     return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")

@@ -13,8 +13,7 @@ from minisdit.kernels import runtime as cuda
 from minisdit import functional as F
 from minisdit.snn import LIF, LIFKernels, LIFOptions, SpikeRate, lif, lif_unrolled, spike_rate
 from minisdit.snn import firing_rates, record_firing_rates, reset_firing_rates
-from minisdit.snn.lif import (THREADS_PER_BLOCK, kernel_variants, lif_backward_reference, lif_forward_reference,
-                              spike_rate_backward_reference, spike_rate_forward_reference)
+from minisdit.snn.lif import THREADS_PER_BLOCK, lif_forward_reference
 from minisdit.snn.surrogate import ATan, Erf, PiecewiseQuadratic, Sigmoid, SoftSign
 from minisdit.autograd.gradcheck import gradcheck
 
