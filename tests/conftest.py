@@ -75,13 +75,3 @@ def to_device(device):
         moved = tuple(backend.to_device(np.asarray(a), device) for a in arrays)
         return moved[0] if len(moved) == 1 else moved
     return move
-
-
-@pytest.fixture(autouse=True)
-def _restore_cpu_kernel_setting():
-    """The command-line tools switch on the compiled CPU kernels process-wide; give every test the default."""
-    from minisdit.kernels import runtime as cuda
-
-    previous = cuda.use_cpu_kernels(False)
-    yield
-    cuda.use_cpu_kernels(previous)

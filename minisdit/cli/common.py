@@ -3,6 +3,8 @@ settings, and the choice of device."""
 from __future__ import annotations
 
 import argparse
+import contextvars
+import functools
 
 from threadpoolctl import threadpool_limits
 
@@ -23,7 +25,7 @@ def add_cpu_arguments(parser):
                         help="BLAS threads on the CPU (default 1: SDiT's matrices are small, and extra BLAS threads "
                              "competing for a few cores were 5-10x slower; 0 keeps the library's default)")
     parser.add_argument("--no-cpu-kernels", action="store_true",
-                        help="on the CPU, run LIF and WKV with the NumPy references instead of minisdit/kernels/*.cu compiled as C++")
+                        help="on the CPU, run LIF, WKV and the DDPM loss with the NumPy references instead of minisdit/kernels/*.cu compiled as C++")
 
 
 def _gpu_name() -> str:
@@ -49,13 +51,24 @@ def choose_device(requested: str | None) -> tuple[str, str]:
     return "gpu", f"device: gpu ({_gpu_name()}; found a usable CUDA GPU, --device cpu to avoid it)"
 
 
+def own_runtime_settings(main):
+    """Run a command-line ``main`` in a copy of the caller's ``contextvars`` context, so that the runtime
+    settings it makes (``configure_cpu_runtime``: the CPU kernels) last until it returns and no longer,
+    also when a test or a notebook calls ``main`` in its own process.  Forked workers inherit them."""
+    @functools.wraps(main)
+    def in_own_context(*args, **kwargs):
+        return contextvars.copy_context().run(main, *args, **kwargs)
+    return in_own_context
+
+
 def configure_cpu_runtime(blas_threads: int = 1, compiled_kernels: bool = True) -> str | None:
     """Settings that make SDiT fast on a CPU; the command-line tools call this for ``--device cpu``.
 
     * ``blas_threads``: SDiT's matrices are small, and extra BLAS threads competing for a few cores
       were 5-10x slower on a two-core machine (0 leaves the BLAS library's own setting).
-    * ``compiled_kernels``: run LIF and WKV as minisdit/kernels/*.cu compiled as C++ (``cuda.use_cpu_kernels``)
-      when a C++ compiler is present.
+    * ``compiled_kernels``: run LIF, WKV and the DDPM loss as minisdit/kernels/*.cu compiled as C++
+      when a C++ compiler is present: ``cuda.select_cpu_kernels`` for the rest of the current
+      context, which is the command's own (``own_runtime_settings``) and ends with it.
 
     Returns a sentence for the user about the kernels, or None.
     """
@@ -63,6 +76,8 @@ def configure_cpu_runtime(blas_threads: int = 1, compiled_kernels: bool = True) 
         threadpool_limits(limits=blas_threads, user_api="blas")
     if compiled_kernels:
         if cuda.cpu_compiler() is not None:
-            cuda.use_cpu_kernels(True)
-            return "LIF and WKV run as minisdit/kernels/*.cu compiled for the CPU (--no-cpu-kernels: NumPy references)"
+            cuda.select_cpu_kernels(True)  # ends with the context that own_runtime_settings made
+            # the first words are what scripts and tests look for; keep them
+            return ("LIF and WKV run as minisdit/kernels/*.cu compiled for the CPU, as does the DDPM loss "
+                    "(--no-cpu-kernels: NumPy references)")
     return None

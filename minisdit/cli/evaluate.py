@@ -34,7 +34,7 @@ from ..metrics.energy import forward_macs
 from ..metrics.fid import FeatureStatistics
 from ..snn import firing_rates, record_firing_rates, reset_firing_rates
 from ..training.checkpoint import CheckpointError, load_model
-from .common import OneLineParser, add_cpu_arguments, configure_cpu_runtime
+from .common import OneLineParser, add_cpu_arguments, configure_cpu_runtime, own_runtime_settings
 from .sample import check_steps, diffusion_from_checkpoint
 
 METRICS = ("fid-lenet", "is-lenet", "fid-inception")
@@ -165,6 +165,7 @@ def choose_dataset(requested, checkpoint, file_settings) -> str:
     return next(iter(named.values()))
 
 
+@own_runtime_settings  # the CPU-kernel setting ends with the command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:

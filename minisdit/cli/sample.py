@@ -22,7 +22,7 @@ from ..autograd import backend
 from ..data.images import save_grid, to_uint8
 from ..diffusion import SAMPLERS, GaussianDiffusion, generate
 from ..training.checkpoint import CheckpointError, load_model
-from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime
+from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -92,6 +92,7 @@ def parse_labels(text: str | None, num: int, num_classes: int) -> np.ndarray:
     return np.resize(np.array(values, dtype=np.int64), num)
 
 
+@own_runtime_settings  # the CPU-kernel setting ends with the command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -28,7 +28,7 @@ from ..models import PRESETS
 from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from ..training.config import FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES, TrainConfig
 from ..training.trainer import CHECKPOINT_NAME, Trainer, TrainingError
-from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime
+from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
 
 # fields of TrainConfig that are command-line options of the same name (--batch-size: batch_size)
 OPTIONS = ("dataset", "preset", "seed", "batch_size", "lr", "weight_decay", "warmup_steps", "lr_decay_fraction",
@@ -140,6 +140,7 @@ def resumed_config(args, checkpoint: dict, device: str) -> TrainConfig:
     return dataclasses.replace(config, device=device, **changes)
 
 
+@own_runtime_settings  # the CPU-kernel setting ends with the command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:

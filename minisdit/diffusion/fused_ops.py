@@ -42,35 +42,55 @@ def epsilon_mse_backward_reference(predicted, target, grad_loss):
     return 2.0 * (predicted - target) / per_sample * _per_sample_column(grad_loss, predicted.ndim)
 
 
-def _gpu_kernel(name: str, dtype):
-    if dtype == np.float32:
-        scalar = "float"
-    elif dtype == np.float64:
-        scalar = "double"
-    else:
-        raise TypeError(f"the DDPM loss kernels take float32 or float64 arrays, got {dtype}; cast the data first")
-    return cuda.gpu_function(KERNEL_FILE, name, {"scalar_t": scalar})
+def ddpm_kernels(dtype) -> "cuda.Kernels":
+    """The kernels of minisdit/kernels/ddpm_loss.cu for arrays of ``dtype`` (either device)."""
+    return cuda.Kernels(KERNEL_FILE, {"scalar_t": cuda.scalar_type(dtype)})
 
 
-def _batch_and_per_sample(array) -> tuple[np.int32, np.int32]:
-    return np.int32(array.shape[0]), np.int32(array.size // max(array.shape[0], 1))
-
-
-def fused_q_sample(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar):
-    """x_t (no gradient) from raw arrays; the CUDA kernel ``ddpm_q_sample`` on CuPy arrays."""
-    if x0.shape != noise.shape:
-        raise ValueError(f"noise has shape {noise.shape} but x0 has shape {x0.shape}; draw noise like x0")
-    if not backend.is_gpu_array(x0) or x0.size == 0:
-        return q_sample_reference(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar)
+def q_sample_kernel(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, block: int | None = None,
+                    max_blocks: int | None = None):
+    """``ddpm_q_sample`` on the device of the arrays; the same result as ``q_sample_reference``.
+    ``block``, ``max_blocks`` as in ``cuda.launch``."""
     xp = backend.array_module_of(x0)
-    x0, noise = xp.ascontiguousarray(x0), xp.ascontiguousarray(noise.astype(x0.dtype, copy=False))
+    x0 = xp.ascontiguousarray(x0)
+    noise = xp.ascontiguousarray(noise, dtype=x0.dtype)
     a = xp.ascontiguousarray(xp.asarray(sqrt_alpha_bar, dtype=x0.dtype))
     b = xp.ascontiguousarray(xp.asarray(sqrt_one_minus_alpha_bar, dtype=x0.dtype))
     x_t = xp.empty_like(x0)
-    batch, per_sample = _batch_and_per_sample(x0)
-    grid, block = cuda.launch_configuration(x0.size)
-    _gpu_kernel("ddpm_q_sample", x0.dtype)(grid, block, (x0, noise, a, b, x_t, batch, per_sample))
+    batch = x0.shape[0]
+    ddpm_kernels(x0.dtype).run("ddpm_q_sample", x0.size, x0, noise, a, b, x_t, batch, x0.size // max(batch, 1),
+                               block=block, max_blocks=max_blocks)
     return x_t
+
+
+def squared_error_kernel(predicted, target, block: int | None = None, max_blocks: int | None = None):
+    """``ddpm_squared_error``: (ε̂ − ε)² elementwise, as ``squared_error_reference``."""
+    xp = backend.array_module_of(predicted)
+    squared_error = xp.empty_like(predicted)
+    ddpm_kernels(predicted.dtype).run("ddpm_squared_error", predicted.size, predicted, target, squared_error,
+                                      predicted.size, block=block, max_blocks=max_blocks)
+    return squared_error
+
+
+def epsilon_mse_backward_kernel(predicted, target, grad_loss, block: int | None = None, max_blocks: int | None = None):
+    """``ddpm_epsilon_mse_backward``: dL/dε̂, as ``epsilon_mse_backward_reference``."""
+    xp = backend.array_module_of(predicted)
+    grad = xp.empty_like(predicted)
+    batch = predicted.shape[0]
+    ddpm_kernels(predicted.dtype).run("ddpm_epsilon_mse_backward", predicted.size, predicted, target,
+                                      xp.ascontiguousarray(grad_loss, dtype=predicted.dtype), grad,
+                                      batch, predicted.size // max(batch, 1), block=block, max_blocks=max_blocks)
+    return grad
+
+
+def fused_q_sample(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar):
+    """x_t (no gradient) from raw arrays: the kernel ``ddpm_q_sample`` on CuPy arrays (and on NumPy
+    arrays inside ``cuda.cpu_kernels()``), else the reference."""
+    if x0.shape != noise.shape:
+        raise ValueError(f"noise has shape {noise.shape} but x0 has shape {x0.shape}; draw noise like x0")
+    if not cuda.kernels_run_on(x0) or x0.size == 0:
+        return q_sample_reference(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar)
+    return q_sample_kernel(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar)
 
 
 class EpsilonMSE(Function):
@@ -78,9 +98,10 @@ class EpsilonMSE(Function):
 
     forward: L_n = (1/(C·H·W)) Σ_{c,h,w} (ε̂ − ε)²  → (N,)
     backward: dL/dε̂ = 2 (ε̂ − ε)/(C·H·W) · g_n,  dL/dε = −dL/dε̂.
-    CuPy arrays: the kernel ``ddpm_squared_error`` writes (ε̂ − ε)² (one thread per element, so the
-    loads are coalesced), CuPy's reduction takes the per-sample mean, and ``ddpm_epsilon_mse_backward``
-    gives the gradient (minisdit/kernels/ddpm_loss.cu).
+    With the kernels (CuPy arrays, or NumPy arrays inside ``cuda.cpu_kernels()``): ``ddpm_squared_error``
+    writes (ε̂ − ε)² (one thread per element, so the loads are coalesced), the array module's
+    reduction takes the per-sample mean, and ``ddpm_epsilon_mse_backward`` gives the gradient
+    (minisdit/kernels/ddpm_loss.cu).
     """
 
     def forward(self, predicted, target):
@@ -88,28 +109,19 @@ class EpsilonMSE(Function):
             raise ValueError(f"epsilon_mse needs predicted and true noise of one shape (N, ...), "
                              f"got {predicted.shape} and {target.shape}")
         self.predicted, self.target = predicted, target
-        if not backend.is_gpu_array(predicted) or predicted.size == 0:
+        self.use_kernels = cuda.kernels_run_on(predicted) and predicted.size > 0
+        if not self.use_kernels:
             return epsilon_mse_reference(predicted, target)
         xp = backend.array_module_of(predicted)
         self.predicted = xp.ascontiguousarray(predicted)
-        self.target = xp.ascontiguousarray(target.astype(predicted.dtype, copy=False))
-        squared_error = xp.empty_like(self.predicted)
-        grid, block = cuda.launch_configuration(predicted.size)
-        _gpu_kernel("ddpm_squared_error", predicted.dtype)(
-            grid, block, (self.predicted, self.target, squared_error, np.int64(predicted.size)))
-        return squared_error.reshape(predicted.shape[0], -1).mean(axis=1)
+        self.target = xp.ascontiguousarray(target, dtype=predicted.dtype)
+        return squared_error_kernel(self.predicted, self.target).reshape(predicted.shape[0], -1).mean(axis=1)
 
     def backward(self, g):
-        if not backend.is_gpu_array(g) or self.predicted.size == 0:
-            grad = epsilon_mse_backward_reference(self.predicted, self.target, g)
+        if self.use_kernels:
+            grad = epsilon_mse_backward_kernel(self.predicted, self.target, g)
         else:
-            xp = backend.array_module_of(g)
-            grad = xp.empty_like(self.predicted)
-            batch, per_sample = _batch_and_per_sample(self.predicted)
-            grid, block = cuda.launch_configuration(self.predicted.size)
-            _gpu_kernel("ddpm_epsilon_mse_backward", self.predicted.dtype)(
-                grid, block, (self.predicted, self.target, xp.ascontiguousarray(g.astype(grad.dtype, copy=False)),
-                              grad, batch, per_sample))
+            grad = epsilon_mse_backward_reference(self.predicted, self.target, g)
         return grad, (-grad if self.needs_input_grad[1] else None)
 
 

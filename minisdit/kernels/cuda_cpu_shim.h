@@ -3,7 +3,7 @@
 // minisdit's kernels give every thread an independent recurrence (one neuron, one (batch, channel)
 // pair) and use no shared memory or barriers, so running the threads one after another on the
 // CPU computes exactly what the GPU computes.  This header supplies the CUDA built-ins those
-// kernels use; minisdit/cuda.py generates a launcher that loops over blocks and threads.
+// kernels use; minisdit/kernels/runtime.py (cpu_launcher_source) generates a launcher that loops over blocks and threads.
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -8,7 +8,7 @@
 // thread's result depends only on its own entries, so the CPU run of this file (cuda_cpu_shim.h)
 // computes exactly what the GPU computes.
 //
-// The NumPy references that read like the equations are in minisdit/diffusion.py
+// The NumPy references that read like the equations are in minisdit/diffusion/fused_ops.py
 // (q_sample_reference, squared_error_reference, epsilon_mse_reference,
 // epsilon_mse_backward_reference).
 
@@ -53,9 +53,10 @@ extern "C" __global__ void ddpm_epsilon_mse_backward(const scalar_t* __restrict_
 {
     const long long total = (long long)batch * per_sample;
     const long long stride = (long long)blockDim.x * gridDim.x;
-    const scalar_t scale = (scalar_t)2 / (scalar_t)per_sample;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         const long long n = i / per_sample;
-        grad_predicted[i] = scale * (predicted[i] - target[i]) * grad_loss[n];
+        // in the reference's order (2 d) / per_sample * g, so that the CPU build rounds bitwise
+        // like epsilon_mse_backward_reference (a precomputed 2 / per_sample would round twice)
+        grad_predicted[i] = (scalar_t)2 * (predicted[i] - target[i]) / (scalar_t)per_sample * grad_loss[n];
     }
 }

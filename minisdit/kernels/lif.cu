@@ -1,4 +1,4 @@
-// lif.cu -- multi-step Leaky Integrate-and-Fire neurons with surrogate gradients (DESIGN.md section 3).
+// lif.cu -- multi-step Leaky Integrate-and-Fire neurons with surrogate gradients (docs/DESIGN.md §3).
 //
 // One thread per neuron; each thread walks the T time steps of its neuron with stride N, so the
 // arrays are laid out (T, N) contiguous and every load and store of a warp is coalesced.  T and N

@@ -1,21 +1,34 @@
-"""Loading, compiling and running the CUDA sources in ``minisdit/kernels/*.cu``.
+"""One runtime for every CUDA source in ``minisdit/kernels/*.cu`` (docs/DESIGN.md §7).
 
-Three ways to use one kernel source, all keyed by the same preprocessor defines (a "variant",
-for example ``{"SURROGATE": 0, "HARD_RESET": 1, "scalar_t": "float"}``):
+``Kernels(file, defines)`` is the kernels of one ``.cu`` file for one variant (the preprocessor
+defines, for example ``{"SURROGATE": 0, "HARD_RESET": 1, "scalar_t": "float"}``).
+``kernels.run(name, threads, *arguments)`` launches kernel ``name`` over ``threads`` independent
+recurrences: with CuPy when the arrays are CuPy arrays (compiled once per variant by
+``cupy.RawModule``), and with the same source compiled as C++ (``cuda_cpu_shim.h``) when they
+are NumPy arrays.  Scalars are passed as Python numbers and converted to the C types of the
+kernel's signature, so a caller never spells ``np.int32``.
 
-* ``gpu_function(file, kernel, defines)``: compile with CuPy's ``RawModule`` and return the
-  kernel, cached per variant.  Compile errors reach the caller unchanged.
-* ``nvrtc_compile(source, defines)``: compile to PTX with NVRTC (the ``nvidia-cuda-nvrtc-cu12``
-  wheel, or the toolkit's libnvrtc) without a GPU, so that CI catches a broken kernel.
-* ``cpu_kernels(file, defines)``: compile the same source as C++ with ``cuda_cpu_shim.h`` and run
-  it on the CPU, thread by thread, so that tests compare the kernel itself with its NumPy
-  reference on a machine without a GPU.
+Every kernel follows one convention, checked when its source is parsed (``kernel_signatures``):
 
-Kernels follow one convention (DESIGN.md section 7): ``extern "C" __global__`` functions, one
-thread per independent recurrence, scalars passed by value.
+* ``extern "C" __global__`` functions, one thread per independent recurrence in a grid-stride
+  loop, no shared memory and no barriers (so running the threads one after another on the CPU
+  computes what the GPU computes);
+* the arguments in the order **inputs** (``const scalar_t*``), **outputs** (``scalar_t*``),
+  **sizes** (integers), **scalar parameters** (``scalar_t``/floating point), by value.
+
+Whether an op runs its kernel on NumPy arrays is an explicit, scoped setting: inside
+``with cpu_kernels():`` (a ``contextvars`` variable, so it ends with the block, and forked
+processes and ``copy_context`` copies inherit it) the ops use these compiled CPU kernels; outside it
+they run their NumPy references.  On CuPy arrays the ops always use the kernels
+(``kernels_run_on(array)`` says which).
+
+Also here: ``nvrtc_compile`` compiles a source to PTX with NVRTC without a GPU (the
+``nvidia-cuda-nvrtc-cu12`` wheel), so that CI catches a kernel that does not compile for a GPU.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import glob
@@ -29,6 +42,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..autograd import backend
+
 
 def kernel_directory() -> Path:
     """The folder holding the ``.cu`` files: this package's own folder (installed as package data)."""
@@ -130,8 +146,16 @@ def nvrtc_available() -> bool:
     return _find_nvrtc() is not None
 
 
+# What CI compiles every kernel file and variant for: the virtual architecture the PTX is shipped
+# for (any GPU from the A100 on), and the H100's real one (NVRTC then also runs ptxas to machine code).
+NVRTC_ARCHITECTURES = ("compute_80", "sm_90")
+
+
 def nvrtc_compile(source: str, defines: dict | None = None, arch: str = "compute_80", name: str = "kernel.cu") -> str:
-    """Compile CUDA C ``source`` to PTX with NVRTC; raise ``KernelCompileError`` with the log."""
+    """Compile CUDA C ``source`` to PTX with NVRTC; raise ``KernelCompileError`` with the log.
+
+    For a real architecture (``sm_90``) NVRTC also assembles the PTX to machine code (a cubin);
+    an empty cubin is an error too."""
     library_path = _find_nvrtc()
     if library_path is None:
         raise FileNotFoundError('libnvrtc not found; install it with: pip install nvidia-cuda-nvrtc-cu12 (part of ".[dev]")')
@@ -158,33 +182,77 @@ def nvrtc_compile(source: str, defines: dict | None = None, arch: str = "compute
     check(nvrtc.nvrtcGetPTXSize(program, ctypes.byref(ptx_size)), "PTX size")
     ptx = ctypes.create_string_buffer(ptx_size.value)
     check(nvrtc.nvrtcGetPTX(program, ptx), "PTX")
+    if arch.startswith("sm_"):
+        cubin_size = ctypes.c_size_t()
+        check(nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(cubin_size)), "CUBIN size")
+        if cubin_size.value == 0:
+            raise KernelCompileError(f"{name} ({' '.join(options)}) gave no machine code for {arch}")
     nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
     return ptx.value.decode()
 
 
 # ---------------------------------------------------------------------------------------------
-# CPU: the same source compiled as C++ and run thread by thread
+# The settings: whether ops run their kernels on NumPy arrays, and poisoned outputs for checks
 # ---------------------------------------------------------------------------------------------
-_cpu_kernels_for_training = False
+_CPU_KERNELS = contextvars.ContextVar("minisdit_cpu_kernels", default=False)
 
 
-def use_cpu_kernels(enabled: bool = True) -> bool:
-    """Run the LIF and WKV ops on NumPy arrays with the kernels compiled as C++ instead of the NumPy
-    references (the same results up to float rounding; about twice as fast for a whole SDiT training
-    step, since the references loop over time in Python).  Returns the previous setting.
+@contextlib.contextmanager
+def cpu_kernels(enabled: bool = True):
+    """Inside this block the ops (LIF, WKV, the DDPM loss) run on NumPy arrays as their ``.cu``
+    kernels compiled as C++ instead of their NumPy references: the same results up to float
+    rounding, about twice as fast for a whole SDiT training step on a CPU (the references loop
+    over time in Python).  ``enabled=False`` selects the references inside an enabled block.
 
-    Off by default so that tests and tutorials exercise the references; ``minisdit.train`` turns it on
-    for CPU runs when a C++ compiler is found (``--no-cpu-kernels`` keeps the references).
+    A ``contextvars`` variable, so the setting ends with the block (nothing for tests to undo),
+    and a process forked inside the block (the data-parallel workers) inherits it.
     """
-    global _cpu_kernels_for_training
-    previous, _cpu_kernels_for_training = _cpu_kernels_for_training, bool(enabled)
-    return previous
+    token = select_cpu_kernels(enabled)
+    try:
+        yield
+    finally:
+        _CPU_KERNELS.reset(token)
+
+
+def select_cpu_kernels(enabled: bool = True) -> contextvars.Token:
+    """``cpu_kernels(enabled)`` for the rest of the current ``contextvars`` context, for a command
+    whose whole run is one context (minisdit/cli/common.py: own_runtime_settings); elsewhere use
+    ``with cpu_kernels():``.  Returns the token that ``_CPU_KERNELS.reset`` would undo it with."""
+    if enabled and cpu_compiler() is None:
+        raise FileNotFoundError("CPU kernels need a C++ compiler (g++); install build-essential, "
+                                "or run without them (--no-cpu-kernels)")
+    return _CPU_KERNELS.set(bool(enabled))
 
 
 def cpu_kernels_enabled() -> bool:
-    return _cpu_kernels_for_training
+    """Whether ops run their compiled kernels on NumPy arrays here (inside ``cpu_kernels()``)."""
+    return _CPU_KERNELS.get()
 
 
+_POISON_OUTPUTS = contextvars.ContextVar("minisdit_poison_outputs", default=False)
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Inside this block ``Kernels.run`` fills every output array with NaN before the launch, so
+    that a check sees an entry the kernel forgot to write (uninitialised memory could otherwise
+    hold the right answer, left there by an earlier run)."""
+    token = _POISON_OUTPUTS.set(True)
+    try:
+        yield
+    finally:
+        _POISON_OUTPUTS.reset(token)
+
+
+def kernels_run_on(array) -> bool:
+    """Whether an op runs its kernel on ``array``: always on a CuPy array, on a NumPy array only
+    inside ``cpu_kernels()``; elsewhere the op runs its NumPy reference."""
+    return backend.is_gpu_array(array) or cpu_kernels_enabled()
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: the same source compiled as C++ and run thread by thread
+# ---------------------------------------------------------------------------------------------
 def cpu_compiler() -> str | None:
     """The C++ compiler used for CPU kernels (``$CXX``, g++ or c++), or None."""
     return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
@@ -198,14 +266,37 @@ _CTYPES = {
 }
 
 
+class KernelConventionError(ValueError):
+    """A kernel's arguments are not in the order inputs, outputs, sizes, scalar parameters."""
+
+
+# The four groups of the argument convention, in order.
+ARGUMENT_GROUPS = ("input", "output", "size", "scalar parameter")
+
+
+def argument_group(ctype: str) -> str:
+    """Which group of the convention a parameter of C type ``ctype`` belongs to."""
+    if "*" in ctype:
+        return "input" if "const" in ctype.split("*")[0] else "output"
+    base = ctype.replace("const", "").strip()
+    return "scalar parameter" if base in ("scalar_t", "float", "double") else "size"
+
+
 def kernel_signatures(source: str) -> dict[str, list[tuple[str, str]]]:
-    """{kernel name: [(parameter type, parameter name), ...]} for every extern "C" kernel."""
+    """{kernel name: [(parameter type, parameter name), ...]} for every extern "C" kernel.
+
+    Raises ``KernelConventionError`` for a kernel whose arguments break the convention (module docstring)."""
     signatures = {}
     for name, parameters in _KERNEL_SIGNATURE.findall(source):
         parsed = []
         for parameter in " ".join(parameters.split()).split(","):
             match = re.match(r"(.*?)(\w+)\s*$", parameter.strip())
             parsed.append((match.group(1).strip(), match.group(2)))
+        ranks = [ARGUMENT_GROUPS.index(argument_group(ctype)) for ctype, _ in parsed]
+        if ranks != sorted(ranks):
+            order = ", ".join(f"{pname} ({argument_group(ctype)})" for ctype, pname in parsed)
+            raise KernelConventionError(f"kernel {name} takes {order}; reorder its arguments as inputs, outputs, "
+                                        "sizes, scalar parameters (minisdit/kernels/runtime.py)")
         signatures[name] = parsed
     return signatures
 
@@ -234,8 +325,11 @@ class CpuKernel:
         self.function(*converted)
 
 
-def _launcher_source(source_path: Path, signatures) -> str:
-    lines = ['#include "cuda_cpu_shim.h"', f'#include "{source_path.name}"', ""]
+def cpu_launcher_source(file_name: str) -> str:
+    """The C++ that runs ``kernels/file_name`` on the CPU: per kernel, a ``cpu_launch_<name>`` that
+    loops over the blocks and threads of the grid and calls the kernel with the built-ins set."""
+    signatures = _signatures_of(file_name)
+    lines = ['#include "cuda_cpu_shim.h"', f'#include "{file_name}"', ""]
     for name, parameters in signatures.items():
         declared = ", ".join(f"{ctype} {pname}" for ctype, pname in parameters)
         passed = ", ".join(pname for _, pname in parameters)
@@ -271,7 +365,7 @@ def _cpu_library(file_name: str, frozen_defines: tuple):
     directory = kernel_directory()
     source = kernel_source(file_name)
     signatures = kernel_signatures(source)
-    launcher = _launcher_source(directory / file_name, signatures)
+    launcher = cpu_launcher_source(file_name)
     flags = _define_flags(dict(frozen_defines))
     options = CPU_COMPILE_OPTIONS + flags
     key = hashlib.sha256((compiler + source + launcher + " ".join(options) + (directory / "cuda_cpu_shim.h").read_text()).encode()).hexdigest()[:16]
@@ -303,6 +397,70 @@ def _cpu_library(file_name: str, frozen_defines: tuple):
     return kernels
 
 
-def cpu_kernels(file_name: str, defines: dict | None = None) -> dict[str, CpuKernel]:
-    """Every kernel of ``kernels/file_name`` compiled for the CPU, for this variant."""
+def cpu_library(file_name: str, defines: dict | None = None) -> dict[str, CpuKernel]:
+    """Every kernel of ``kernels/file_name`` compiled for the CPU, for this variant (cached)."""
     return _cpu_library(file_name, _freeze(defines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels: one object per kernel file and variant, the same call on either device
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _signatures_of(file_name: str) -> dict:
+    return kernel_signatures(kernel_source(file_name))
+
+
+# The NumPy type a by-value argument is passed as to CuPy (the CPU path converts with ctypes).
+_VALUE_TYPES = {"int": np.int32, "long long": np.int64, "unsigned int": np.uint32, "float": np.float32,
+                "double": np.float64}
+
+
+class Kernels:
+    """The kernels of ``minisdit/kernels/<file_name>`` for one variant (``defines``).
+
+    ``run(name, threads, *arguments)`` launches kernel ``name`` over ``threads`` independent
+    recurrences on the device of the array arguments: CuPy arrays run the CuPy build, NumPy arrays
+    the C++ build (both compiled once per variant and cached).  Arguments in the kernel's order
+    (inputs, outputs, sizes, scalar parameters); arrays C-contiguous and of the ``scalar_t`` dtype.
+    ``block=None`` is the fast launch (``gpu_block`` threads per block on a GPU, one thread on the
+    CPU); an explicit ``block`` (and ``max_blocks``) as in ``launch``, so that a CPU run exercises
+    the multi-block indexing and the grid-stride loop.
+    """
+
+    def __init__(self, file_name: str, defines: dict | None = None, *, gpu_block: int = 256):
+        self.file_name, self.defines, self.gpu_block = file_name, dict(defines or {}), gpu_block
+        self.dtype = np.dtype({"float": np.float32, "double": np.float64}[self.defines.get("scalar_t", "float")])
+        self.signatures = _signatures_of(file_name)
+
+    def __repr__(self):
+        return f"Kernels({self.file_name!r}, {self.defines})"
+
+    def run(self, name: str, threads: int, *arguments, block: int | None = None, max_blocks: int | None = None):
+        parameters = self.signatures.get(name)
+        if parameters is None:
+            raise KeyError(f"{self.file_name} has no kernel {name!r}; it has {', '.join(self.signatures)}")
+        if len(arguments) != len(parameters):
+            names = ", ".join(pname for _, pname in parameters)
+            raise TypeError(f"kernel {name} takes {len(parameters)} arguments ({names}), got {len(arguments)}")
+        arrays = [value for (ctype, _), value in zip(parameters, arguments) if "*" in ctype]
+        on_gpu = {backend.is_gpu_array(array) for array in arrays}
+        if len(on_gpu) > 1:
+            raise ValueError(f"kernel {name} got arrays on both devices; move them to one with backend.to_device")
+        for (ctype, pname), value in zip(parameters, arguments):
+            if "*" in ctype and (value.dtype != self.dtype or not value.flags.c_contiguous):
+                raise TypeError(f"argument {pname} of kernel {name} must be a C-contiguous {self.dtype} array, got "
+                                f"{value.dtype}; pass xp.ascontiguousarray(a, dtype=np.{self.dtype})")
+        if _POISON_OUTPUTS.get():
+            for (ctype, _), value in zip(parameters, arguments):
+                if argument_group(ctype) == "output":
+                    value.fill(np.nan)
+        if True in on_gpu:
+            kernel = gpu_function(self.file_name, name, self.defines)
+            arguments = [value if "*" in ctype else self._value(ctype, value) for (ctype, _), value in zip(parameters, arguments)]
+        else:
+            kernel = cpu_library(self.file_name, self.defines)[name]
+        launch(kernel, threads, tuple(arguments), block=block, max_blocks=max_blocks, gpu_block=self.gpu_block)
+
+    def _value(self, ctype: str, value):
+        base = ctype.replace("const", "").strip()
+        return self.dtype.type(value) if base == "scalar_t" else _VALUE_TYPES[base](value)

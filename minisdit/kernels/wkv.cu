@@ -1,4 +1,4 @@
-// wkv.cu -- the RWKV-4 WKV operator, forward and backward (DESIGN.md section 3).
+// wkv.cu -- the RWKV-4 WKV operator, forward and backward (docs/DESIGN.md §3).
 //
 // One thread per (batch b, channel c) walks the L positions.  Arrays are (B, L, C) contiguous,
 // so position n of (b, c) sits at (b L + n) C + c: at every step consecutive threads (consecutive
@@ -6,7 +6,7 @@
 // argument; nothing is kept per position inside a thread, so there is no maximum length.
 //
 // The recurrences and their derivation are written once, next to the NumPy reference
-// (minisdit/rwkv.py: wkv_forward_numpy, wkv_backward_numpy); this file follows them line by line.
+// (minisdit/rwkv/wkv_operator.py: wkv_forward_numpy, wkv_backward_numpy); this file follows them line by line.
 // Variables: w = e^{time_decay} > 0, u = time_first, both (C,).
 //
 // Every exponential is e^{x - (running maximum of x)} <= 1, so nothing overflows for any k.
@@ -22,10 +22,10 @@ __device__ __forceinline__ float maximum(float a, float b) { return fmaxf(a, b);
 __device__ __forceinline__ double maximum(double a, double b) { return fmax(a, b); }
 
 // y (B, L, C): the output; log_denominator (B, L, C): ln D_n, kept for the backward pass.
-extern "C" __global__ void wkv_forward(const int batch, const int length, const int channels,
-                                       const scalar_t* __restrict__ w, const scalar_t* __restrict__ u,
+extern "C" __global__ void wkv_forward(const scalar_t* __restrict__ w, const scalar_t* __restrict__ u,
                                        const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
-                                       scalar_t* __restrict__ y, scalar_t* __restrict__ log_denominator) {
+                                       scalar_t* __restrict__ y, scalar_t* __restrict__ log_denominator,
+                                       const int batch, const int length, const int channels) {
     const long long threads = (long long)batch * channels;
     for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < threads;
          index += (long long)blockDim.x * gridDim.x) {
@@ -57,13 +57,13 @@ extern "C" __global__ void wkv_forward(const int batch, const int length, const 
 
 // grad_k, grad_v (B, L, C); grad_w, grad_u (B, C): dL/dw and dL/du of each (b, c), summed over the
 // batch afterwards by the caller (no atomics, so the result does not depend on thread order).
-extern "C" __global__ void wkv_backward(const int batch, const int length, const int channels,
-                                        const scalar_t* __restrict__ w, const scalar_t* __restrict__ u,
+extern "C" __global__ void wkv_backward(const scalar_t* __restrict__ w, const scalar_t* __restrict__ u,
                                         const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
                                         const scalar_t* __restrict__ y, const scalar_t* __restrict__ log_denominator,
                                         const scalar_t* __restrict__ grad_y,
                                         scalar_t* __restrict__ grad_k, scalar_t* __restrict__ grad_v,
-                                        scalar_t* __restrict__ grad_w, scalar_t* __restrict__ grad_u) {
+                                        scalar_t* __restrict__ grad_w, scalar_t* __restrict__ grad_u,
+                                        const int batch, const int length, const int channels) {
     const long long threads = (long long)batch * channels;
     for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < threads;
          index += (long long)blockDim.x * gridDim.x) {

@@ -2,7 +2,8 @@
 
 ``wkv(time_decay, time_first, k, v)`` is one fused ``Function``: on NumPy arrays it runs the
 recurrences below vectorised over (batch, channel) with a Python loop over positions; on CuPy
-arrays it runs the same recurrences in ``minisdit/kernels/wkv.cu``, one GPU thread per (batch, channel).
+arrays (and on NumPy arrays inside ``minisdit.kernels.runtime.cpu_kernels()``) it runs the same
+recurrences in ``minisdit/kernels/wkv.cu``, one thread per (batch, channel).
 The two implementations take and return the same arrays, so the NumPy functions here are the
 reference that the kernel tests compare against.
 """
@@ -153,48 +154,41 @@ def kernel_defines(dtype) -> dict:
     return {"scalar_t": cuda.scalar_type(dtype)}
 
 
-def wkv_forward_kernel(kernels, w, u, k, v, block: int | None = None):
-    """Run ``wkv_forward`` from ``kernels`` (CuPy functions, or ``cuda.cpu_kernels``); same result as
-    ``wkv_forward_numpy``.  All arrays must be C-contiguous and of one dtype.  ``block`` as in
-    ``cuda.launch`` (None: one CPU thread, or ``THREADS_PER_BLOCK`` on a GPU)."""
+def wkv_kernels(dtype) -> "cuda.Kernels":
+    """The kernels of minisdit/kernels/wkv.cu for arrays of ``dtype`` (either device)."""
+    return cuda.Kernels(KERNEL_FILE, kernel_defines(dtype), gpu_block=THREADS_PER_BLOCK)
+
+
+def wkv_forward_kernel(w, u, k, v, block: int | None = None, max_blocks: int | None = None):
+    """``wkv_forward`` of minisdit/kernels/wkv.cu on the device of the arrays; the same result as
+    ``wkv_forward_numpy``.  All arrays C-contiguous and of one dtype.  ``block``, ``max_blocks`` as
+    in ``cuda.launch`` (None: one CPU thread, or ``THREADS_PER_BLOCK`` on a GPU)."""
     xp = backend.array_module_of(k)
     batch, length, channels = k.shape
     y, log_denominator = xp.empty_like(k), xp.empty_like(k)
-    cuda.launch(kernels["wkv_forward"], batch * channels,
-                (np.int32(batch), np.int32(length), np.int32(channels), w, u, k, v, y, log_denominator),
-                block=block, gpu_block=THREADS_PER_BLOCK)
+    wkv_kernels(k.dtype).run("wkv_forward", batch * channels, w, u, k, v, y, log_denominator, batch, length, channels,
+                             block=block, max_blocks=max_blocks)
     return y, log_denominator
 
 
-def wkv_backward_kernel(kernels, w, u, k, v, y, log_denominator, grad_y, block: int | None = None):
-    """Run ``wkv_backward``; same results as ``wkv_backward_numpy`` (dL/dw, dL/du per (b, c))."""
+def wkv_backward_kernel(w, u, k, v, y, log_denominator, grad_y, block: int | None = None,
+                        max_blocks: int | None = None):
+    """``wkv_backward``; the same results as ``wkv_backward_numpy`` (dL/dw, dL/du per (b, c))."""
     xp = backend.array_module_of(k)
     batch, length, channels = k.shape
     grad_k, grad_v = xp.empty_like(k), xp.empty_like(k)
     grad_w = xp.empty((batch, channels), k.dtype)
     grad_u = xp.empty((batch, channels), k.dtype)
-    cuda.launch(kernels["wkv_backward"], batch * channels,
-                (np.int32(batch), np.int32(length), np.int32(channels), w, u, k, v, y, log_denominator, grad_y,
-                 grad_k, grad_v, grad_w, grad_u),
-                block=block, gpu_block=THREADS_PER_BLOCK)
+    wkv_kernels(k.dtype).run("wkv_backward", batch * channels, w, u, k, v, y, log_denominator, grad_y,
+                             grad_k, grad_v, grad_w, grad_u, batch, length, channels, block=block, max_blocks=max_blocks)
     return grad_k, grad_v, grad_w, grad_u
-
-
-class _GpuKernels:
-    """``{"wkv_forward": ..., "wkv_backward": ...}`` compiled by CuPy for one dtype."""
-
-    def __init__(self, dtype):
-        self.defines = kernel_defines(dtype)
-
-    def __getitem__(self, name):
-        return cuda.gpu_function(KERNEL_FILE, name, self.defines)
 
 
 # ---------------------------------------------------------------------------------------------
 # the differentiable operator
 # ---------------------------------------------------------------------------------------------
 class WKV(Function):
-    """y = WKV(time_decay, time_first, k, v) with w = e^{time_decay}, u = time_first (DESIGN.md section 3).
+    """y = WKV(time_decay, time_first, k, v) with w = e^{time_decay}, u = time_first (docs/DESIGN.md §3).
 
     Backward: see ``wkv_backward_numpy``; dL/dtime_decay = w dL/dw (w enters the recurrence as -w),
     and the gradients of time_decay and time_first are summed over the batch.
@@ -208,14 +202,11 @@ class WKV(Function):
         w = xp.ascontiguousarray(xp.exp(time_decay.astype(dtype, copy=False)))
         u = xp.ascontiguousarray(time_first.astype(dtype, copy=False))
         k, v = xp.ascontiguousarray(k), xp.ascontiguousarray(v)
-        if backend.is_gpu_array(k):
-            self.kernels = _GpuKernels(dtype)
-            y, log_denominator = wkv_forward_kernel(self.kernels, w, u, k, v)
-        elif cuda.cpu_kernels_enabled():
-            self.kernels = cuda.cpu_kernels(KERNEL_FILE, kernel_defines(dtype))
-            y, log_denominator = wkv_forward_kernel(self.kernels, w, u, k, v)
+        # the kernels on CuPy arrays, and on NumPy arrays inside cuda.cpu_kernels(); else the reference
+        self.use_kernels = cuda.kernels_run_on(k)
+        if self.use_kernels:
+            y, log_denominator = wkv_forward_kernel(w, u, k, v)
         else:
-            self.kernels = None
             y, log_denominator = wkv_forward_numpy(w, u, k, v)
         self.saved = (w, u, k, v, y, log_denominator)
         return y
@@ -224,8 +215,8 @@ class WKV(Function):
         w, u, k, v, y, log_denominator = self.saved
         xp = backend.array_module_of(k)
         grad_y = xp.ascontiguousarray(grad_y.astype(k.dtype, copy=False))
-        if self.kernels is not None:
-            grad_k, grad_v, grad_w, grad_u = wkv_backward_kernel(self.kernels, w, u, k, v, y, log_denominator, grad_y)
+        if self.use_kernels:
+            grad_k, grad_v, grad_w, grad_u = wkv_backward_kernel(w, u, k, v, y, log_denominator, grad_y)
         else:
             grad_k, grad_v, grad_w, grad_u = wkv_backward_numpy(w, u, k, v, y, log_denominator, grad_y)
         grad_time_decay = (w * grad_w.sum(axis=0)).astype(self.vector_dtypes[0], copy=False)

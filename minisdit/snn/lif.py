@@ -35,7 +35,7 @@ so neither pass builds a (T, ...) array and the backward needs nothing but x.
 
 Every operation exists three times, and tests keep them equal: the array reference below (NumPy or
 CuPy, vectorised over neurons, a loop over T), the CUDA kernels in ``minisdit/kernels/lif.cu`` (used for
-CuPy arrays), and ``lif_unrolled``, an autograd composition of ``minisdit.functional`` ops.
+CuPy arrays, and for NumPy arrays inside ``minisdit.kernels.runtime.cpu_kernels()``), and ``lif_unrolled``, an autograd composition of ``minisdit.functional`` ops.
 """
 from __future__ import annotations
 
@@ -236,33 +236,25 @@ def spike_rate_backward_reference(x, grad_rate, T: int, o: LIFOptions):
 class LIFKernels:
     """The kernels of minisdit/kernels/lif.cu for one neuron variant and dtype.
 
-    ``on_gpu=True`` launches them with CuPy on CuPy arrays; ``on_gpu=False`` runs the same source
-    compiled for the CPU (``cuda.cpu_kernels``) on NumPy arrays, so that tests exercise this very
-    launch code.  ``block`` and ``max_blocks`` as in ``cuda.launch``: by default one CPU thread
-    (the fast way on a CPU) or ``THREADS_PER_BLOCK`` on a GPU; tests pass a block size to run
-    several blocks on the CPU, and ``max_blocks`` to make the kernels' grid-stride loop wrap.
+    Each method runs on the device of its arrays (``cuda.Kernels``): CuPy arrays on the GPU, NumPy
+    arrays as the same source compiled for the CPU.  ``block`` and ``max_blocks`` as in
+    ``cuda.launch``: by default one CPU thread (the fast way on a CPU) or ``THREADS_PER_BLOCK`` on
+    a GPU; tests pass a block size to run several blocks on the CPU, and ``max_blocks`` to make
+    the kernels' grid-stride loop wrap.
     """
 
-    def __init__(self, options: LIFOptions, dtype, *, on_gpu: bool = True, block: int | None = None,
-                 max_blocks: int | None = None):
+    def __init__(self, options: LIFOptions, dtype, *, block: int | None = None, max_blocks: int | None = None):
         if not options.spiking:
             raise ValueError("minisdit/kernels/lif.cu implements spiking neurons only; spiking=False runs the array reference")
         self.options, self.dtype = options, np.dtype(dtype)
         self.block, self.max_blocks = block, max_blocks
-        defines = options.kernel_defines(self.dtype)  # raises for dtypes other than float32 / float64
-        if on_gpu:
-            self._kernel = lambda name: cuda.gpu_function(KERNEL_FILE, name, defines)
-        else:
-            compiled = cuda.cpu_kernels(KERNEL_FILE, defines)
-            self._kernel = compiled.__getitem__
+        # raises for dtypes other than float32 / float64
+        self.kernels = cuda.Kernels(KERNEL_FILE, options.kernel_defines(self.dtype), gpu_block=THREADS_PER_BLOCK)
 
-    def _launch(self, name: str, neurons: int, arrays, T: int, with_alpha: bool):
-        o, scalar = self.options, self.dtype.type
-        scalars = [np.int64(neurons), np.int32(T), scalar(o.tau), scalar(o.v_threshold), scalar(o.v_rest)]
-        if with_alpha:
-            scalars.append(scalar(o.surrogate.alpha))
-        cuda.launch(self._kernel(name), neurons, (*arrays, *scalars), block=self.block, max_blocks=self.max_blocks,
-                    gpu_block=THREADS_PER_BLOCK)
+    def _run(self, name: str, neurons: int, arrays, T: int, with_alpha: bool):
+        o = self.options
+        scalars = [o.tau, o.v_threshold, o.v_rest] + ([o.surrogate.alpha] if with_alpha else [])
+        self.kernels.run(name, neurons, *arrays, neurons, T, *scalars, block=self.block, max_blocks=self.max_blocks)
 
     def _prepare(self, array):
         xp = backend.array_module_of(array)
@@ -273,36 +265,35 @@ class LIFKernels:
         x = self._prepare(x)
         xp = backend.array_module_of(x)
         spikes, h = xp.empty_like(x), xp.empty_like(x)
-        self._launch("lif_forward", x.shape[1], (x, spikes, h), x.shape[0], with_alpha=False)
+        self._run("lif_forward", x.shape[1], (x, spikes, h), x.shape[0], with_alpha=False)
         return spikes, h
 
     def backward(self, h, grad_spikes):
         """h (T, N), dL/ds (T, N) -> dL/dx (T, N)."""
         h, grad_spikes = self._prepare(h), self._prepare(grad_spikes)
         grad_x = backend.array_module_of(h).empty_like(h)
-        self._launch("lif_backward", h.shape[1], (h, grad_spikes, grad_x), h.shape[0], with_alpha=True)
+        self._run("lif_backward", h.shape[1], (h, grad_spikes, grad_x), h.shape[0], with_alpha=True)
         return grad_x
 
     def spike_rate_forward(self, x, T: int):
         """x (N) -> rate (N)."""
         x = self._prepare(x)
         rate = backend.array_module_of(x).empty_like(x)
-        self._launch("spike_rate_forward", x.size, (x, rate), T, with_alpha=False)
+        self._run("spike_rate_forward", x.size, (x, rate), T, with_alpha=False)
         return rate
 
     def spike_rate_backward(self, x, grad_rate, T: int):
         """x (N), dL/drate (N) -> dL/dx (N)."""
         x, grad_rate = self._prepare(x), self._prepare(grad_rate)
         grad_x = backend.array_module_of(x).empty_like(x)
-        self._launch("spike_rate_backward", x.size, (x, grad_rate, grad_x), T, with_alpha=True)
+        self._run("spike_rate_backward", x.size, (x, grad_rate, grad_x), T, with_alpha=True)
         return grad_x
 
 
 def _kernels_for(array, o: LIFOptions) -> LIFKernels | None:
     """The kernels that run this neuron on ``array``, or None where the array reference runs."""
-    on_gpu = backend.is_gpu_array(array)
-    if o.spiking and (on_gpu or cuda.cpu_kernels_enabled()):
-        return LIFKernels(o, array.dtype, on_gpu=on_gpu)
+    if o.spiking and cuda.kernels_run_on(array):
+        return LIFKernels(o, array.dtype)
     return None
 
 

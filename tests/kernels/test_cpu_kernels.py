@@ -1,4 +1,5 @@
-"""The CPU fast path: LIF and WKV run as minisdit/kernels/*.cu compiled as C++ give the NumPy references' results."""
+"""The CPU fast path: inside ``cuda.cpu_kernels()`` LIF, WKV and the DDPM loss run as minisdit/kernels/*.cu
+compiled as C++ and give the NumPy references' results."""
 import numpy as np
 import pytest
 
@@ -12,21 +13,13 @@ from minisdit.snn import spike_rate
 pytestmark = pytest.mark.skipif(cuda.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
 
 
-@pytest.fixture
-def cpu_kernels_on():
-    previous = cuda.use_cpu_kernels(True)
-    yield
-    cuda.use_cpu_kernels(previous)
-
-
 def _run_both(fn):
-    previous = cuda.use_cpu_kernels(False)
-    try:
-        reference = fn()
-        cuda.use_cpu_kernels(True)
+    """fn() with the NumPy references, then with the compiled CPU kernels."""
+    assert not cuda.cpu_kernels_enabled()  # the default: nothing to undo between tests
+    reference = fn()
+    with cuda.cpu_kernels():
         fast = fn()
-    finally:
-        cuda.use_cpu_kernels(previous)
+    assert not cuda.cpu_kernels_enabled()
     return reference, fast
 
 
@@ -49,7 +42,7 @@ def test_spike_rate_and_wkv_match_the_references(dtype, tolerance):
         np.testing.assert_allclose(fast, reference, rtol=tolerance, atol=tolerance)
 
 
-def test_a_whole_training_step_matches(cpu_kernels_on):
+def test_a_whole_training_step_matches():
     diffusion = GaussianDiffusion()
     rng = np.random.default_rng(1)
     x0 = rng.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
@@ -57,7 +50,6 @@ def test_a_whole_training_step_matches(cpu_kernels_on):
 
     def step():
         model = SDiT(input_size=8, patch_size=2, hidden_size=16, depth=2, seed=0)
-        model.label_dropout_rng = np.random.default_rng(0)
         loss = diffusion.training_losses(model, Tensor(x0), np.array([1, 200, 500, 999]), noise=noise,
                                          y=np.array([0, 1, 2, 3]))["loss"]
         loss.backward()

@@ -1,7 +1,7 @@
 """minisdit/kernels/ddpm_loss.cu (q_sample, the squared error of the ε-MSE and its backward) against the NumPy
-references in minisdit.diffusion: the .cu source run on the CPU via cuda.cpu_kernels (odd sizes,
-several blocks, a grid too small so that the grid-stride loop wraps), compiled with NVRTC, the
-device branch of the diffusion run on the CPU build of the kernels, and on a GPU."""
+references in minisdit.diffusion, through minisdit.kernel_checks.ddpm_loss.check: the .cu source run on the CPU
+(odd sizes, several blocks, a grid too small so that the grid-stride loop wraps; bitwise equal to the
+references), compiled with NVRTC, the ops' kernel branch inside cuda.cpu_kernels(), and on a GPU."""
 import re
 
 import numpy as np
@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minisdit import Tensor, backend
+from minisdit.kernel_checks import ddpm_loss as ddpm_check
 from minisdit.kernels import runtime as cuda
 from minisdit.diffusion import (EpsilonMSE, GaussianDiffusion, epsilon_mse_backward_reference,
                                 epsilon_mse_reference, fused_q_sample, q_sample_reference, squared_error_reference)
@@ -18,58 +19,24 @@ SCALARS = {"float": np.float32, "double": np.float64}
 TOLERANCE = {"float": dict(rtol=2e-6, atol=1e-6), "double": dict(rtol=1e-13, atol=1e-14)}
 # (batch, per-sample shape): odd sizes, size-1 axes, and enough elements for several blocks
 SHAPES = [(1, (1, 1, 1)), (3, (1, 5, 7)), (7, (3, 11, 13)), (5, (2, 1, 9)), (300, (1, 1, 1)), (2, (3, 28, 28))]
-LAUNCHES = [(None, 64), (2, 32), (1, 256)]  # None: enough blocks for one thread per item
-KERNELS = ("ddpm_q_sample", "ddpm_squared_error", "ddpm_epsilon_mse_backward")
-
-
-def launch(items, blocks, threads):
-    return ((items + threads - 1) // threads if blocks is None else blocks,), (threads,)
+LAUNCHES = [(64, None), (32, 2), (256, 1)]  # (block, max_blocks); None: enough blocks for one thread per item
+KERNELS = ddpm_check.KERNELS
+needs_compiler = pytest.mark.skipif(cuda.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
 
 
 def random_case(rng, batch, sample_shape, dtype):
-    shape = (batch,) + sample_shape
-    alpha_bar = GaussianDiffusion().alphas_cumprod[rng.integers(0, 1000, batch)]
-    return (rng.uniform(-1, 1, shape).astype(dtype), rng.standard_normal(shape).astype(dtype),
-            np.sqrt(alpha_bar).astype(dtype), np.sqrt(1 - alpha_bar).astype(dtype))
+    return ddpm_check.random_case(rng, batch, sample_shape, dtype)[:4]
 
 
+@needs_compiler
 @pytest.mark.parametrize("scalar_t", list(SCALARS))
 @pytest.mark.parametrize("batch,sample_shape", SHAPES)
-@pytest.mark.parametrize("blocks,threads", LAUNCHES)
-def test_q_sample_kernel_on_cpu_matches_numpy(scalar_t, batch, sample_shape, blocks, threads):
-    dtype = SCALARS[scalar_t]
-    x0, noise, a, b = random_case(np.random.default_rng(batch), batch, sample_shape, dtype)
-    x_t = np.full_like(x0, np.nan)
-    kernel = cuda.cpu_kernels("ddpm_loss.cu", {"scalar_t": scalar_t})["ddpm_q_sample"]
-    grid, block = launch(x0.size, blocks, threads)
-    kernel(grid, block, (x0, noise, a, b, x_t, np.int32(batch), np.int32(x0[0].size)))
-    np.testing.assert_allclose(x_t, q_sample_reference(x0, noise, a, b), **TOLERANCE[scalar_t])
-
-
-@pytest.mark.parametrize("scalar_t", list(SCALARS))
-@pytest.mark.parametrize("batch,sample_shape", SHAPES)
-@pytest.mark.parametrize("blocks,threads", LAUNCHES)
-def test_epsilon_mse_kernels_on_cpu_match_numpy(scalar_t, batch, sample_shape, blocks, threads):
-    dtype = SCALARS[scalar_t]
-    rng = np.random.default_rng(batch + 1)
-    predicted, target = (rng.standard_normal((batch,) + sample_shape).astype(dtype) for _ in range(2))
-    grad_loss = rng.standard_normal(batch).astype(dtype)
-    kernels = cuda.cpu_kernels("ddpm_loss.cu", {"scalar_t": scalar_t})
-    sizes = (np.int32(batch), np.int32(predicted[0].size))
-
-    squared_error = np.full_like(predicted, np.nan)
-    kernels["ddpm_squared_error"](*launch(predicted.size, blocks, threads),
-                                  (predicted, target, squared_error, np.int64(predicted.size)))
-    np.testing.assert_allclose(squared_error, squared_error_reference(predicted, target), **TOLERANCE[scalar_t])
-    # the per-sample mean as EpsilonMSE takes it, with the array module's reduction
-    np.testing.assert_allclose(squared_error.reshape(batch, -1).mean(axis=1), epsilon_mse_reference(predicted, target),
-                               **TOLERANCE[scalar_t])
-
-    grad = np.full_like(predicted, np.nan)
-    kernels["ddpm_epsilon_mse_backward"](*launch(predicted.size, blocks, threads),
-                                         (predicted, target, grad_loss, grad, *sizes))
-    np.testing.assert_allclose(grad, epsilon_mse_backward_reference(predicted, target, grad_loss),
-                               **TOLERANCE[scalar_t])
+@pytest.mark.parametrize("block,max_blocks", LAUNCHES)
+def test_kernels_on_cpu_match_numpy(scalar_t, batch, sample_shape, block, max_blocks):
+    """All three kernels within the tolerance, and the CPU build bitwise equal to the references."""
+    for bitwise in (False, True):
+        assert ddpm_check.check(SCALARS[scalar_t], batch, sample_shape, block=block, max_blocks=max_blocks,
+                                seed=batch, bitwise=bitwise) <= 1
 
 
 def test_numpy_references_read_like_the_equations():
@@ -88,12 +55,13 @@ def test_numpy_references_read_like_the_equations():
 
 
 @pytest.mark.skipif(not cuda.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
-@pytest.mark.parametrize("scalar_t", list(SCALARS))
-def test_kernels_compile_with_nvrtc(scalar_t):
-    ptx = cuda.nvrtc_compile(cuda.kernel_source("ddpm_loss.cu"), {"scalar_t": scalar_t}, name="ddpm_loss.cu")
+@pytest.mark.parametrize("arch", cuda.NVRTC_ARCHITECTURES)
+@pytest.mark.parametrize("defines", ddpm_check.variants(), ids=lambda d: d["scalar_t"])
+def test_kernels_compile_with_nvrtc(defines, arch):
+    ptx = cuda.nvrtc_compile(cuda.kernel_source("ddpm_loss.cu"), defines, arch=arch, name="ddpm_loss.cu")
     for name in KERNELS:
         assert f".entry {name}(" in ptx
-    if scalar_t == "float":
+    if defines["scalar_t"] == "float":
         # the float variant must not fall back to double arithmetic (10-60x slower on most GPUs)
         assert re.search(r"\.f64\b", ptx) is None
 
@@ -117,27 +85,24 @@ class _CpuPretendingToBeGpu:
         return np
 
 
+@needs_compiler
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_device_dispatch_launches_the_kernels_correctly(monkeypatch, dtype):
-    """The CuPy branch of fused_q_sample and EpsilonMSE (argument order, sizes, launch shape), run with
-    the CPU build of the same kernels in place of CuPy's, so that it is checked without a GPU."""
-    from minisdit.diffusion import fused_ops as diffusion
-
-    monkeypatch.setattr(diffusion, "backend", _CpuPretendingToBeGpu())
-    monkeypatch.setattr(diffusion.cuda, "gpu_function",
-                        lambda file, name, defines: cuda.cpu_kernels(file, defines)[name])
+def test_kernel_branch_of_the_ops(dtype):
+    """The kernel branch of fused_q_sample and EpsilonMSE (argument order, sizes, a non-contiguous
+    input), run on NumPy arrays inside cuda.cpu_kernels(): the branch a GPU takes, without one."""
     scalar_t = "float" if dtype == np.float32 else "double"
     rng = np.random.default_rng(5)
     x0, noise, a, b = random_case(rng, 5, (2, 7, 3), dtype)
-    np.testing.assert_allclose(fused_q_sample(x0, noise, a, b), q_sample_reference(x0, noise, a, b),
-                               **TOLERANCE[scalar_t])
-    function = EpsilonMSE()
-    function.needs_input_grad = (True, True)
-    loss = function.forward(x0[:, :1], noise[:, :1])  # a channel slice: not contiguous
-    assert loss.dtype == dtype
-    np.testing.assert_allclose(loss, epsilon_mse_reference(x0[:, :1], noise[:, :1]), **TOLERANCE[scalar_t])
-    g = rng.standard_normal(5).astype(dtype)
-    grad_predicted, grad_target = function.backward(g)
+    with cuda.cpu_kernels():
+        np.testing.assert_allclose(fused_q_sample(x0, noise, a, b), q_sample_reference(x0, noise, a, b),
+                                   **TOLERANCE[scalar_t])
+        function = EpsilonMSE()
+        function.needs_input_grad = (True, True)
+        loss = function.forward(x0[:, :1], noise[:, :1])  # a channel slice: not contiguous
+        assert function.use_kernels and loss.dtype == dtype
+        np.testing.assert_allclose(loss, epsilon_mse_reference(x0[:, :1], noise[:, :1]), **TOLERANCE[scalar_t])
+        g = rng.standard_normal(5).astype(dtype)
+        grad_predicted, grad_target = function.backward(g)
     expected_grad = epsilon_mse_backward_reference(x0[:, :1], noise[:, :1], g)
     np.testing.assert_allclose(grad_predicted, expected_grad, **TOLERANCE[scalar_t])
     np.testing.assert_array_equal(grad_target, -grad_predicted)
@@ -162,6 +127,7 @@ class _CountingNumpy:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@needs_compiler
 def test_device_branch_of_training_and_sampling(monkeypatch, dtype):
     """The whole device branch of training_losses and p_mean_variance (schedules kept on the device,
     t copied once per step, the ε-MSE kernels) gives the NumPy branch's results; a training step
@@ -184,24 +150,23 @@ def test_device_branch_of_training_and_sampling(monkeypatch, dtype):
     fake_backend.array_module_of = lambda array: counting
     monkeypatch.setattr(gaussian, "backend", fake_backend)
     monkeypatch.setattr(fused_ops, "backend", fake_backend)
-    monkeypatch.setattr(fused_ops.cuda, "gpu_function",
-                        lambda file, name, defines: cuda.cpu_kernels(file, defines)[name])
     diffusion = GaussianDiffusion()
-    tolerance = TOLERANCE["float" if dtype == np.float32 else "double"]
-    for index, (t, expected) in enumerate(zip(steps, cpu)):
-        before = (counting.step_copies, counting.schedule_copies)
-        got = diffusion.training_losses(model, Tensor(x0), t, noise=noise)
-        assert counting.step_copies - before[0] == 1
-        if index > 0:
-            assert counting.schedule_copies == before[1]  # kept from the first step
-        for name in ("mse", "vb"):
-            assert got[name].dtype == dtype
-            np.testing.assert_allclose(got[name], expected[name], **tolerance)
-        np.testing.assert_allclose(got["loss"].item(), expected["loss"].item(), **tolerance)
-    assert counting.schedule_copies > 0
-    sampling = diffusion.p_mean_variance(model, x0, steps[0])
-    for name in ("mean", "log_variance", "pred_x0"):
-        np.testing.assert_allclose(sampling[name].numpy(), cpu_sampling[name].numpy(), **tolerance)
+    with cuda.cpu_kernels():  # the ε-MSE and q_sample kernels, as on a GPU
+        tolerance = TOLERANCE["float" if dtype == np.float32 else "double"]
+        for index, (t, expected) in enumerate(zip(steps, cpu)):
+            before = (counting.step_copies, counting.schedule_copies)
+            got = diffusion.training_losses(model, Tensor(x0), t, noise=noise)
+            assert counting.step_copies - before[0] == 1
+            if index > 0:
+                assert counting.schedule_copies == before[1]  # kept from the first step
+            for name in ("mse", "vb"):
+                assert got[name].dtype == dtype
+                np.testing.assert_allclose(got[name], expected[name], **tolerance)
+            np.testing.assert_allclose(got["loss"].item(), expected["loss"].item(), **tolerance)
+        assert counting.schedule_copies > 0
+        sampling = diffusion.p_mean_variance(model, x0, steps[0])
+        for name in ("mean", "log_variance", "pred_x0"):
+            np.testing.assert_allclose(sampling[name].numpy(), cpu_sampling[name].numpy(), **tolerance)
 
 
 # ---------------------------------------------------------------------------------------------

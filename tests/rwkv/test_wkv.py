@@ -1,5 +1,5 @@
 """The WKV operator: forward and backward against its O(L^2) definition, and minisdit/kernels/wkv.cu against
-the NumPy recurrences (on the CPU via cuda.cpu_kernels, compiled with NVRTC, and on a GPU if any)."""
+the NumPy recurrences (minisdit.kernel_checks.wkv.check on the CPU build, compiled with NVRTC, and on a GPU if any)."""
 import re
 
 import numpy as np
@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minisdit import Tensor, backend
+from minisdit.kernel_checks import wkv as wkv_check
 from minisdit.kernels import runtime as cuda
 from minisdit.autograd.gradcheck import gradcheck
 from minisdit.rwkv.wkv_operator import (kernel_defines, wkv, wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel,
@@ -155,30 +156,15 @@ def assert_matches(actual, expected, dtype):
 @pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
 @pytest.mark.parametrize("shape", [(3, 19, 37), (1, 1, 5), (2, 40, 1)])
 def test_kernel_on_cpu_matches_numpy(scalar_t, shape):
-    dtype = VARIANTS[scalar_t]
-    (w, u, k, v, grad_y), forward, grads = kernel_case(dtype, *shape)
-    kernels = cuda.cpu_kernels("wkv.cu", {"scalar_t": scalar_t})
-    # block 32: (3, 37) is 111 threads, four blocks with the last one partly idle
-    forward_kernel = wkv_forward_kernel(kernels, w, u, k, v, block=32)
-    assert_matches(forward_kernel, forward, dtype)
-    assert_matches(wkv_backward_kernel(kernels, w, u, k, v, *forward, grad_y, block=32), grads, dtype)
+    # minisdit.kernel_checks.wkv.check: block 32, so (3, 37) is 111 threads, four blocks with the last one
+    # partly idle; every output relative to the entry with a floor relative to its largest entry
+    assert wkv_check.check(VARIANTS[scalar_t], *shape, block=32) <= 1
 
 
 @pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
 def test_kernel_grid_stride_loop_covers_every_recurrence(scalar_t):
-    """Fewer threads than (b, c) pairs: each thread must take several recurrences."""
-    dtype = VARIANTS[scalar_t]
-    (w, u, k, v, grad_y), forward, grads = kernel_case(dtype, 3, 7, 37, seed=6)
-    kernels = cuda.cpu_kernels("wkv.cu", {"scalar_t": scalar_t})
-    batch, length, channels = k.shape
-    sizes = (np.int32(batch), np.int32(length), np.int32(channels))
-    y, log_denominator = np.full_like(k, np.nan), np.full_like(k, np.nan)
-    kernels["wkv_forward"]((2,), (16,), (*sizes, w, u, k, v, y, log_denominator))
-    assert_matches((y, log_denominator), forward, dtype)
-    outputs = [np.full_like(k, np.nan), np.full_like(k, np.nan),
-               np.full((batch, channels), np.nan, dtype), np.full((batch, channels), np.nan, dtype)]
-    kernels["wkv_backward"]((2,), (16,), (*sizes, w, u, k, v, *forward, grad_y, *outputs))
-    assert_matches(outputs, grads, dtype)
+    """Fewer threads than (b, c) pairs (2 blocks of 16 for 111 pairs): each thread takes several recurrences."""
+    assert wkv_check.check(VARIANTS[scalar_t], 3, 7, 37, block=16, max_blocks=2, seed=6) <= 1
 
 
 class RecordingCpuKernel(cuda.CpuKernel):
@@ -218,30 +204,18 @@ def test_scalar_type_names_the_c_type():
 
 @pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
 def test_kernel_on_cpu_extreme_k(scalar_t):
-    dtype = VARIANTS[scalar_t]
-    rng = np.random.default_rng(7)
-    time_decay, u, _, v = random_inputs(rng, 2, 25, 33, dtype=dtype)
-    k = extreme_k(rng, 2, 25, 33, 100.0).astype(dtype)
-    w = np.exp(time_decay)
-    grad_y = rng.standard_normal(k.shape).astype(dtype)
-    kernels = cuda.cpu_kernels("wkv.cu", {"scalar_t": scalar_t})
-    forward = wkv_forward_kernel(kernels, w, u, k, v, block=32)
-    grads = wkv_backward_kernel(kernels, w, u, k, v, *forward, grad_y, block=32)
-    for array in (*forward, *grads):
-        assert np.isfinite(array).all()
-    with np.errstate(**STRICT):
-        reference_forward = wkv_forward_numpy(w, u, k, v)
-        reference_grads = wkv_backward_numpy(w, u, k, v, *reference_forward, grad_y)
-    assert_matches(forward, reference_forward, dtype)
-    assert_matches(grads, reference_grads, dtype)
+    # k at +-100 with long runs of one sign; the reference runs with floating-point errors raised, and a
+    # non-finite kernel output is an infinite error
+    assert wkv_check.check(VARIANTS[scalar_t], 2, 25, 33, extreme_k=100.0, seed=7) <= 1
 
 
 @pytest.mark.skipif(not cuda.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
-@pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
-def test_kernel_compiles_with_nvrtc(scalar_t):
-    ptx = cuda.nvrtc_compile(cuda.kernel_source("wkv.cu"), {"scalar_t": scalar_t}, name="wkv.cu")
+@pytest.mark.parametrize("arch", cuda.NVRTC_ARCHITECTURES)
+@pytest.mark.parametrize("defines", wkv_check.variants(), ids=lambda d: d["scalar_t"])
+def test_kernel_compiles_with_nvrtc(defines, arch):
+    ptx = cuda.nvrtc_compile(cuda.kernel_source("wkv.cu"), defines, arch=arch, name="wkv.cu")
     assert ".entry wkv_forward" in ptx and ".entry wkv_backward" in ptx
-    if scalar_t == "float":
+    if defines["scalar_t"] == "float":
         # the float variant must not fall back to double arithmetic (10-60x slower on most GPUs)
         assert re.search(r"\.f64\b", ptx) is None
 
@@ -278,12 +252,10 @@ def test_gpu_kernels_match_cpu_run_of_the_same_source(scalar_t):
     cupy = backend.get_array_module("gpu")
     dtype = VARIANTS[scalar_t]
     (w, u, k, v, grad_y), _, _ = kernel_case(dtype, 5, 33, 45)
-    cpu = cuda.cpu_kernels("wkv.cu", {"scalar_t": scalar_t})
-    forward_cpu = wkv_forward_kernel(cpu, w, u, k, v)
-    grads_cpu = wkv_backward_kernel(cpu, w, u, k, v, *forward_cpu, grad_y)
-    gpu = {name: cuda.gpu_function("wkv.cu", name, kernel_defines(dtype)) for name in ("wkv_forward", "wkv_backward")}
+    forward_cpu = wkv_forward_kernel(w, u, k, v)  # NumPy arrays: the C++ build of wkv.cu
+    grads_cpu = wkv_backward_kernel(w, u, k, v, *forward_cpu, grad_y)
     on_gpu = [cupy.asarray(a) for a in (w, u, k, v, grad_y)]
-    forward_gpu = wkv_forward_kernel(gpu, *on_gpu[:4])
-    grads_gpu = wkv_backward_kernel(gpu, *on_gpu[:4], *forward_gpu, on_gpu[4])
+    forward_gpu = wkv_forward_kernel(*on_gpu[:4])  # CuPy arrays: the CuPy build of the same source
+    grads_gpu = wkv_backward_kernel(*on_gpu[:4], *forward_gpu, on_gpu[4])
     assert_matches([a.get() for a in forward_gpu], forward_cpu, dtype)
     assert_matches([a.get() for a in grads_gpu], grads_cpu, dtype)

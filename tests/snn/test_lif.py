@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 
 import minisdit
 from minisdit import backend
+from minisdit.kernel_checks import lif as lif_check
 from minisdit.kernels import runtime as cuda
 from minisdit import functional as F
 from minisdit.snn import LIF, LIFKernels, LIFOptions, SpikeRate, lif, lif_unrolled, spike_rate
 from minisdit.snn import firing_rates, record_firing_rates, reset_firing_rates
-from minisdit.snn.lif import (THREADS_PER_BLOCK, kernel_variants, lif_backward_reference, lif_forward_reference,
-                              spike_rate_backward_reference, spike_rate_forward_reference)
+from minisdit.snn.lif import THREADS_PER_BLOCK, lif_forward_reference
 from minisdit.snn.surrogate import ATan, Erf, PiecewiseQuadratic, Sigmoid, SoftSign
 from minisdit.autograd.gradcheck import gradcheck
 
@@ -277,13 +277,14 @@ def test_firing_rate_hook_reports_known_rates():
 # minisdit/kernels/lif.cu: compiled with NVRTC for every variant, run on the CPU against the reference
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not cuda.nvrtc_available(), reason="needs libnvrtc (pip install nvidia-cuda-nvrtc-cu12)")
-def test_every_kernel_variant_compiles_with_nvrtc():
+@pytest.mark.parametrize("arch", cuda.NVRTC_ARCHITECTURES)
+def test_every_kernel_variant_compiles_with_nvrtc(arch):
     source = cuda.kernel_source("lif.cu")
-    variants = list(kernel_variants())
+    variants = lif_check.variants()
     assert len(variants) == 5 * 2 * 2 * 2 * 2
     for defines in variants:
-        ptx = cuda.nvrtc_compile(source, defines, name="lif.cu")
-        for kernel in ("lif_forward", "lif_backward", "spike_rate_forward", "spike_rate_backward"):
+        ptx = cuda.nvrtc_compile(source, defines, arch=arch, name="lif.cu")
+        for kernel in lif_check.KERNELS:
             assert f".entry {kernel}" in ptx, (kernel, defines)
 
 
@@ -314,31 +315,13 @@ def variant_id(variant):
 
 
 def check_kernels_against_reference(variant, neurons, T, block=THREADS_PER_BLOCK, max_blocks=None):
-    """Run on the CPU with GPU-sized blocks by default, so that the kernels' block indexing is used
-    (``block=None`` is the one-thread launch of the CPU fast path)."""
+    """minisdit.kernel_checks.lif.check: on the CPU with GPU-sized blocks by default, so that the kernels'
+    block indexing is used (``block=None`` is the one-thread launch of the CPU fast path).  Spikes and
+    rates exactly, h and the gradients within rounding, on an input that both fires and stays silent."""
     surrogate, v_reset, detach, decay, dtype = variant
     options = LIFOptions(tau=1.7, v_threshold=0.9, v_reset=v_reset, decay_input=decay, detach_reset=detach,
                          surrogate=surrogate)
-    kernels = LIFKernels(options, dtype, on_gpu=False, block=block, max_blocks=max_blocks)
-    rng = np.random.default_rng(neurons * 31 + T)
-    x = random_input(rng, (T, neurons)).astype(dtype)
-    grad_spikes = rng.normal(size=(T, neurons)).astype(dtype)
-    tolerance = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
-
-    spikes, h = kernels.forward(x)
-    reference_spikes, reference_h = lif_forward_reference(x, options)
-    np.testing.assert_allclose(h, reference_h, **tolerance)
-    np.testing.assert_array_equal(spikes, reference_spikes)
-    assert 0 < spikes.mean() < 1  # the test input both fires and stays silent
-    np.testing.assert_allclose(kernels.backward(h, grad_spikes), lif_backward_reference(h, grad_spikes, options),
-                               **tolerance)
-
-    single = x[0]
-    grad_rate = grad_spikes[0]
-    np.testing.assert_array_equal(kernels.spike_rate_forward(single, T),
-                                  spike_rate_forward_reference(single, T, options))
-    np.testing.assert_allclose(kernels.spike_rate_backward(single, grad_rate, T),
-                               spike_rate_backward_reference(single, grad_rate, T, options), **tolerance)
+    assert lif_check.check(options, dtype, neurons, T, block=block, max_blocks=max_blocks) <= 1
 
 
 @pytest.mark.parametrize("variant", CPU_VARIANTS, ids=variant_id)
@@ -364,7 +347,7 @@ def test_every_kernel_variant_runs_on_cpu_and_matches_the_reference(variant):
 
 def test_kernels_refuse_the_smooth_neuron():
     with pytest.raises(ValueError, match="spiking neurons only"):
-        LIFKernels(LIFOptions(spiking=False), np.float64, on_gpu=False)
+        LIFKernels(LIFOptions(spiking=False), np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
