@@ -22,6 +22,7 @@ from ..autograd import backend
 from ..data.images import save_grid, to_uint8
 from ..diffusion import SAMPLERS, GaussianDiffusion, generate
 from ..training.checkpoint import CheckpointError, load_model
+from ..training.config import build_diffusion
 from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -64,10 +65,8 @@ def check_arguments(args) -> None:
 
 
 def diffusion_from_checkpoint(checkpoint: dict) -> GaussianDiffusion:
-    """The diffusion the checkpoint's model was trained with: ``config["num_timesteps"]`` steps.
-    Checkpoints written before the config recorded it were trained with the library's default."""
-    num_timesteps = checkpoint["config"].get("num_timesteps")
-    return GaussianDiffusion() if num_timesteps is None else GaussianDiffusion(num_timesteps=int(num_timesteps))
+    """The diffusion the checkpoint's model was trained with (its config's ``num_timesteps`` steps)."""
+    return build_diffusion(checkpoint["train_config"])
 
 
 def check_steps(steps: int, diffusion: GaussianDiffusion) -> None:

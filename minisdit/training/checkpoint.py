@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models import PRESETS, sdit_from_preset
+from ..models import PRESETS
+from .config import TrainConfig, build_model
 
 FORMAT_VERSION = "minisdit-checkpoint-1"
 # the moments of a save that ``at_point`` hears of, in order; before "after-rename" the path still
@@ -219,18 +220,20 @@ def check_compatible(checkpoint: dict, model, path) -> None:
 def load_model(path, device: str = "cpu", use_ema: bool = True):
     """The model saved in a training checkpoint (its EMA weights when present and ``use_ema``).
 
-    Returns (model in eval mode on ``device``, the checkpoint dict); ``checkpoint["weights_used"]``
-    says which weights were loaded: "ema" or "model"."""
+    Returns (model in eval mode on ``device``, the checkpoint dict); ``checkpoint["train_config"]`` is
+    the run's ``TrainConfig`` (``build_diffusion`` of it gives the diffusion the model was trained on),
+    ``checkpoint["weights_used"]`` says which weights were loaded: "ema" or "model"."""
     checkpoint = load_checkpoint(path)
-    config = checkpoint["config"]
-    preset = config.get("preset")
-    if preset not in PRESETS:
-        raise CheckpointError(f"checkpoint {path} names an unknown preset {preset!r} (known: {', '.join(PRESETS)}); "
+    try:
+        config = TrainConfig.from_dict(checkpoint["config"], source=f"the config of checkpoint {path}")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from error
+    if config.preset not in PRESETS:
+        raise CheckpointError(f"checkpoint {path} names an unknown preset {config.preset!r} (known: {', '.join(PRESETS)}); "
                               "pass a checkpoint written by minisdit.train")
-    model = sdit_from_preset(preset, in_channels=config.get("in_channels", 1), num_classes=config.get("num_classes", 10),
-                             input_size=config.get("input_size", 28), seed=config.get("seed", 0))
+    model = build_model(config)
     check_compatible(checkpoint, model, path)
     which = "ema" if use_ema and checkpoint["ema"] is not None else "model"
     model.load_state_dict(checkpoint[which])
-    checkpoint["weights_used"] = which
+    checkpoint["weights_used"], checkpoint["train_config"] = which, config
     return model.to(device=device).eval(), checkpoint

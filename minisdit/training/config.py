@@ -13,6 +13,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from ..diffusion import GaussianDiffusion
+from ..models import sdit_from_preset
+
 NUM_TIMESTEPS = 1000  # the diffusion's length T (docs/DESIGN.md §4)
 MAX_MSE_WEIGHT = 30.0  # the cap of the truncated-SNR ε-MSE weights (docs/decisions.md)
 MSE_WEIGHTINGS = ("uniform", "truncated-snr")
@@ -92,3 +95,15 @@ RECIPES = {"gpu": GPU_RECIPE, "cpu": CPU_RECIPE}
 
 # what a resumed run must share with its checkpoint: the model's shape, the data and the diffusion
 FIXED_ON_RESUME = ("dataset", "preset", "in_channels", "input_size", "num_classes", "num_timesteps")
+
+
+def build_model(config: TrainConfig):
+    """The SDiT a run with ``config`` trains, initialised from its seed (on the CPU)."""
+    return sdit_from_preset(config.preset, in_channels=config.in_channels, num_classes=config.num_classes,
+                            input_size=config.input_size, seed=config.seed)
+
+
+def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
+    """The diffusion a run with ``config`` trains on (and its checkpoints sample from)."""
+    return GaussianDiffusion(num_timesteps=config.num_timesteps, mse_weighting=config.mse_weighting,
+                             max_mse_weight=config.max_mse_weight)

@@ -33,10 +33,9 @@ from ..autograd.optim import EMA, AdamW, clip_grad_norm
 from ..autograd.tensor import Tensor
 from ..data import to_model_range
 from ..data.images import save_grid, to_uint8
-from ..diffusion import GaussianDiffusion, generate
-from ..models import sdit_from_preset
+from ..diffusion import generate
 from .checkpoint import CheckpointError, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, build_diffusion, build_model
 from .parallel import DataParallel, WorkerError, split_sizes
 from .signals import StopSignals
 
@@ -88,9 +87,8 @@ class Trainer:
         self.config, self.images, self.labels, self.out, self.progress = config, images, labels, Path(out), progress
         self.device = config.device
         self.xp = backend.get_array_module(self.device)
-        self.model = self._build_model()
-        self.diffusion = GaussianDiffusion(num_timesteps=config.num_timesteps, mse_weighting=config.mse_weighting,
-                                           max_mse_weight=config.max_mse_weight)
+        self.model = build_model(config).to(device=self.device)
+        self.diffusion = build_diffusion(config)
         self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.ema = EMA(self.model, decay=config.ema) if config.ema else None
         self._sampling_model = None  # a second model for EMA samples, so sampling never touches training state
@@ -106,11 +104,6 @@ class Trainer:
         self._parallel = None
         self._loss_names = ["mse", "vb"] if self.diffusion.loss == "hybrid" else ["mse"]
         self.stops = StopSignals()
-
-    def _build_model(self):
-        config = self.config
-        return sdit_from_preset(config.preset, in_channels=config.in_channels, num_classes=config.num_classes,
-                                input_size=config.input_size, seed=config.seed).to(device=self.device)
 
     # ----- state -----
     def checkpoint_path(self) -> Path:
@@ -278,7 +271,7 @@ class Trainer:
         if self.ema is None:
             return self.model
         if self._sampling_model is None:
-            self._sampling_model = self._build_model()
+            self._sampling_model = build_model(self.config).to(device=self.device)
         self.ema.copy_to(self._sampling_model)
         return self._sampling_model
 

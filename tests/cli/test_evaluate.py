@@ -16,6 +16,7 @@ from minisdit.metrics import conv2d_macs, inception_score, lenet_outputs, linear
 from minisdit.metrics.fid import FeatureStatistics
 from minisdit.models import PRESETS, sdit_from_preset
 from minisdit.models.sdit import SDiTBlock
+from minisdit.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,7 @@ def checkpoint_path(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     state = {name: (value + 0.05 * rng.standard_normal(value.shape)).astype(value.dtype)
              for name, value in sdit_from_preset("tiny", seed=0).state_dict().items()}
-    config = {"preset": "tiny", "dataset": "mnist", "in_channels": 1, "input_size": 28, "seed": 0,
-              "num_timesteps": 1000}
+    config = TrainConfig(preset="tiny", device="cpu").to_dict()
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors"
     save_checkpoint(path, model_state=state, step=7, config=config, rng_states={})
     return path

@@ -21,6 +21,7 @@ from minisdit.training.checkpoint import load_checkpoint, load_model, save_check
 from minisdit.data.images import make_grid, to_uint8
 from minisdit.diffusion import GaussianDiffusion, generate
 from minisdit.models import sdit_from_preset
+from minisdit.training.config import TrainConfig
 
 FAST = ["--steps", "3", "--no-progress"]
 
@@ -35,12 +36,12 @@ def checkpoint_path(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors", num_timesteps=1000)
 
 
-def make_checkpoint(path: Path, num_timesteps: int | None) -> Path:
-    """A checkpoint of the perturbed tiny model; num_timesteps None leaves it out of the config."""
+def make_checkpoint(path: Path, num_timesteps: int, drop_from_config: tuple = ()) -> Path:
+    """A checkpoint of the perturbed tiny model (a config without the fields ``drop_from_config``)."""
     state = sdit_from_preset("tiny", seed=0).state_dict()
-    config = {"preset": "tiny", "dataset": "mnist", "in_channels": 1, "input_size": 28, "num_classes": 10, "seed": 0}
-    if num_timesteps is not None:
-        config["num_timesteps"] = num_timesteps
+    config = TrainConfig(preset="tiny", device="cpu", num_timesteps=num_timesteps).to_dict()
+    for name in drop_from_config:
+        del config[name]
     save_checkpoint(path, model_state=perturbed(state, 1), ema_state=perturbed(state, 2), step=42, config=config,
                     rng_states={})
     return path
@@ -151,11 +152,11 @@ def test_the_diffusion_and_its_steps_come_from_the_checkpoint(tmp_path):
     code, _, stderr = run_cli("--ckpt", short, "--num", 2, "--steps", 51, "--no-progress", "--out", tmp_path / "g.png")
     assert_one_line_error(code, stderr, "--steps must lie in 1..50", "has 50 steps")
     assert not (tmp_path / "g.png").exists()
-    # a checkpoint from before the config recorded num_timesteps was trained on the default diffusion
-    older = make_checkpoint(tmp_path / "older.safetensors", num_timesteps=None)
-    saved = draw_npz(older, tmp_path / "o.npz", "--seed", 2)
-    assert np.array_equal(saved["images"], to_uint8(generate(GaussianDiffusion(), load_model(older)[0],
-                                                             saved["labels"], steps=3, seed=2)))
+    # a config that does not say how long its diffusion was is refused, not guessed
+    older = make_checkpoint(tmp_path / "older.safetensors", num_timesteps=1000, drop_from_config=("num_timesteps",))
+    code, _, stderr = run_cli("--ckpt", older, "--num", 2, *FAST, "--out", tmp_path / "o.png")
+    assert_one_line_error(code, stderr, "lacks num_timesteps", "start a new run")
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_first_line_names_the_device(checkpoint_path, tmp_path):
