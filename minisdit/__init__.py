@@ -1,7 +1,7 @@
 """minisdit: the Spiking Diffusion Transformer (SDiT) from scratch on NumPy and CuPy.
 
-The package's folders are its layers, each importing only from the ones below it (docs/DESIGN.md,
-Architecture): ``autograd`` < ``kernels``, ``data`` < ``snn``, ``rwkv`` < ``models`` <
+The package's folders are its layers, each importing only from the ones below it (docs/DESIGN.md
+§8): ``autograd`` < ``kernels``, ``data`` < ``snn``, ``rwkv`` < ``models`` <
 ``diffusion``, ``metrics`` < ``training`` < ``cli``.
 """
 from .autograd import backend, functional, nn, optim

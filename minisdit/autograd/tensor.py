@@ -319,5 +319,5 @@ def _reverse_topological_order(root: Tensor):
 
 
 # ops.py imports this module (Function, Tensor), so it is bound here at the end: the one import cycle
-# of the package, documented in docs/DESIGN.md (Architecture).
+# of the package, documented in docs/DESIGN.md §8 (Architecture).
 from . import ops as F  # noqa: E402

@@ -10,7 +10,7 @@ from ..autograd import backend
 
 
 def to_uint8(images) -> np.ndarray:
-    """round((x + 1) * 127.5) clipped to 0..255 (DESIGN.md section 5), as a NumPy uint8 array."""
+    """round((x + 1) * 127.5) clipped to 0..255 (docs/DESIGN.md §5), as a NumPy uint8 array."""
     images = backend.to_numpy(images.data if hasattr(images, "creator") else images)
     return np.clip(np.round((images.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 

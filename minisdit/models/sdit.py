@@ -252,7 +252,7 @@ def _integer_array(name, values, batch, meaning):
 
 
 def sdit_from_preset(name: str, in_channels: int = 1, num_classes: int = 10, input_size: int = 28, **options) -> SDiT:
-    """Build one of the presets in DESIGN.md section 2: tiny, small, paper, paper-cifar."""
+    """Build one of the presets in docs/DESIGN.md §2: tiny, small, paper, paper-cifar."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return SDiT(input_size=input_size, in_channels=in_channels, num_classes=num_classes, **PRESETS[name], **options)

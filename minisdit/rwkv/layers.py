@@ -43,7 +43,7 @@ def layer_ratios(layer_id: int, depth: int) -> tuple[float, float]:
 
 
 def time_mix_init(dim: int, layer_id: int, depth: int) -> dict[str, np.ndarray]:
-    """The layer-dependent RWKV vectors of DESIGN.md section 3 (float32, shape (dim,))."""
+    """The layer-dependent RWKV vectors of docs/DESIGN.md §3 (float32, shape (dim,))."""
     rho0, rho1 = layer_ratios(layer_id, depth)
     h = np.arange(dim, dtype=np.float64)
     fraction = h / dim  # 0 .. (D-1)/D

@@ -2,8 +2,6 @@
 numbers are the library's metrics of the same images, a samples file is evaluated without a
 checkpoint and its own settings are recorded, the MAC count is the model's own, and bad input gets
 one line."""
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -17,6 +15,15 @@ from minisdit.metrics.fid import FeatureStatistics
 from minisdit.models import PRESETS, sdit_from_preset
 from minisdit.models.sdit import SDiTBlock
 from minisdit.training.config import TrainConfig
+from tests.helpers import assert_one_line_error as one_line_error, run_main
+
+
+def run_cli(*argv, cli=evaluate):
+    return run_main(cli.main, *argv)
+
+
+def assert_one_line_error(code, stderr, *fragments):
+    return one_line_error(code, stderr, *fragments, exit_code=1)
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +35,6 @@ def checkpoint_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.safetensors"
     save_checkpoint(path, model_state=state, step=7, config=config, rng_states={})
     return path
-
-
-def run_cli(*argv, cli=evaluate):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_lenet_metrics_of_a_samples_file_match_the_library(checkpoint_path, tmp_path):
@@ -84,12 +81,6 @@ def test_unknown_metric_is_one_line(checkpoint_path):
 def test_missing_checkpoint_is_one_line(tmp_path):
     code, _, stderr = run_cli("--ckpt", tmp_path / "nothing.safetensors")
     assert code == 1 and stderr.startswith("error: ") and stderr.strip().count("\n") == 0
-
-
-def assert_one_line_error(code, stderr, *fragments):
-    assert code == 1 and stderr.startswith("error: ") and stderr.strip().count("\n") == 0, stderr
-    for fragment in fragments:
-        assert fragment in stderr, (fragment, stderr)
 
 
 def hand_made_samples(path: Path, **arrays) -> Path:

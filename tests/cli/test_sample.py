@@ -7,8 +7,6 @@ plus N(0, 0.2²) noise; EMA weights with other noise), so the whole network shap
 (with N(0, 0.05²) no neuron fired and the output depended on neither t nor y, so guidance could not
 show); sampling uses 3 respaced steps.
 """
-import contextlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +20,13 @@ from minisdit.data.images import make_grid, to_uint8
 from minisdit.diffusion import GaussianDiffusion, generate
 from minisdit.models import sdit_from_preset
 from minisdit.training.config import TrainConfig
+from tests.helpers import assert_one_line_error, run_main
 
 FAST = ["--steps", "3", "--no-progress"]
+
+
+def run_cli(*argv):
+    return run_main(sample.main, *argv)
 
 
 def perturbed(state: dict, seed: int) -> dict:
@@ -47,29 +50,11 @@ def make_checkpoint(path: Path, num_timesteps: int, drop_from_config: tuple = ()
     return path
 
 
-def run_cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = sample.main([str(a) for a in argv])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
-
-
 def draw_npz(checkpoint_path, out: Path, *extra) -> dict:
     code, stdout, stderr = run_cli("--ckpt", checkpoint_path, "--num", 5, *FAST, "--out", out, *extra)
     assert code == 0, stderr
     with np.load(out) as saved:
         return {name: saved[name] for name in saved.files}
-
-
-def assert_one_line_error(code, stderr, *fragments):
-    assert code != 0
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_npz_holds_uint8_images_labels_and_how_they_were_made(checkpoint_path, tmp_path):

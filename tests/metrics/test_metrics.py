@@ -246,7 +246,7 @@ def test_lenet_shapes_and_input_checks():
     probabilities = lenet_probabilities(images, model)
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-12)
-    # samples in [−1, 1] are made uint8 first (DESIGN §5), so they give the same features
+    # samples in [−1, 1] are made uint8 first (docs/DESIGN.md §5), so they give the same features
     as_samples = images.astype(np.float64) / 127.5 - 1.0
     np.testing.assert_allclose(lenet_features(as_samples, model), lenet_features(images, model))
     with pytest.raises(ValueError, match="\\(N, 1, 28, 28\\)"):

@@ -12,7 +12,7 @@ from minisdit.autograd.optim import AdamW
 from minisdit.snn import SpikeRate
 from minisdit.autograd.gradcheck import gradcheck_module
 
-# DESIGN.md section 2; the C = 3 counts of `paper` and `paper-cifar` are the authors' models exactly
+# docs/DESIGN.md §2; the C = 3 counts of `paper` and `paper-cifar` are the authors' models exactly
 PARAMETER_COUNTS = {
     ("tiny", 1): 226_204, ("tiny", 3): 232_704,
     ("small", 1): 3_248_903, ("small", 3): 3_253_819,
@@ -82,7 +82,7 @@ def _xavier_bound(fan_in, fan_out):
 
 
 def test_initialisation_rules():
-    """DESIGN.md section 3, Initialisation (the RWKV vectors and projections are checked in test_rwkv_modules)."""
+    """docs/DESIGN.md §3, Initialisation (the RWKV vectors and projections are checked in test_rwkv_modules)."""
     channels, d, p, m = 3, 64, 4, 50
     model = sdit_from_preset("tiny", in_channels=channels, seed=3)
     assert np.all(model.pos_embed.numpy() == 0)

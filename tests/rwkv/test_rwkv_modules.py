@@ -1,4 +1,4 @@
-"""TimeMix and ChannelMix: names, initialisation (DESIGN.md section 3), forward equations, gradients."""
+"""TimeMix and ChannelMix: names, initialisation (docs/DESIGN.md §3), forward equations, gradients."""
 import math
 
 import numpy as np
@@ -36,7 +36,7 @@ def test_parameter_names_and_shapes():
 # initialisation
 # ---------------------------------------------------------------------------------------------
 def design_vectors(dim, layer_id, depth):
-    """DESIGN.md section 3, one channel at a time."""
+    """docs/DESIGN.md §3, one channel at a time."""
     rho0 = layer_id / (depth - 1)
     rho1 = 1 - layer_id / depth
     decay, first, mix_k, mix_v, mix_r = [], [], [], [], []
@@ -96,7 +96,7 @@ def test_bad_arguments_give_clear_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# forward: the equations of DESIGN.md section 3 in plain NumPy
+# forward: the equations of docs/DESIGN.md §3 in plain NumPy
 # ---------------------------------------------------------------------------------------------
 def sigmoid(x):
     return 1 / (1 + np.exp(-x))

@@ -120,7 +120,7 @@ def test_float32_in_float32_out():
 # the fused backward against finite differences (smooth neurons, spiking=False)
 # ---------------------------------------------------------------------------------------------
 def smooth_lif(x, o: LIFOptions, reset_spikes=None):
-    """The spiking=False neuron written out from DESIGN.md section 3 on NumPy arrays (T, ...).
+    """The spiking=False neuron written out from docs/DESIGN.md §3 on NumPy arrays (T, ...).
 
     ``reset_spikes`` (T, ...), when given, replaces s_t in the reset equation: holding it constant
     while x moves is what detach_reset means, so finite differences of this function with the

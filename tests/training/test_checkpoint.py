@@ -15,6 +15,7 @@ import pytest
 from minisdit.training import checkpoint as ckpt
 from minisdit.training.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from minisdit.models import sdit_from_preset
+from tests.helpers import assert_one_line_message
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,13 +41,6 @@ def assert_same(a: dict, b: dict):
     for name in a:
         assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
         assert np.array_equal(a[name], b[name]), name
-
-
-def assert_one_line_error(error: Exception, *fragments):
-    message = str(error)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -229,10 +223,10 @@ def test_sigkill_in_a_first_save_before_the_rename_leaves_no_checkpoint(tmp_path
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(tmp_path / "nothing.safetensors")
-    assert_one_line_error(caught.value, "does not exist", "minisdit.train")
+    assert_one_line_message(caught.value, "does not exist", "minisdit.train")
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(tmp_path)
-    assert_one_line_error(caught.value, "is a folder", "checkpoint.safetensors")
+    assert_one_line_message(caught.value, "is a folder", "checkpoint.safetensors")
 
 
 @pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "header-cut"])
@@ -243,7 +237,7 @@ def test_damaged_files_are_reported_as_corrupt(tmp_path, damage):
                       "truncated": content[:-50], "header-cut": content[:40]}[damage])
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
-    assert_one_line_error(caught.value, str(path), "corrupt", "use an earlier checkpoint or start a new run")
+    assert_one_line_message(caught.value, str(path), "corrupt", "use an earlier checkpoint or start a new run")
 
 
 def test_a_flipped_bit_in_the_weights_fails_the_checksum(tmp_path):
@@ -253,7 +247,7 @@ def test_a_flipped_bit_in_the_weights_fails_the_checksum(tmp_path):
     path.write_bytes(bytes(content))
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
-    assert_one_line_error(caught.value, "checksum", "corrupt")
+    assert_one_line_message(caught.value, "checksum", "corrupt")
 
 
 def test_a_foreign_safetensors_file_is_refused(tmp_path):
@@ -263,7 +257,7 @@ def test_a_foreign_safetensors_file_is_refused(tmp_path):
     save_file({"weight": np.zeros(3, np.float32)}, str(path), metadata={"format": "pt"})
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
-    assert_one_line_error(caught.value, "not written by minisdit.train", "'pt'")
+    assert_one_line_message(caught.value, "not written by minisdit.train", "'pt'")
 
 
 def test_a_checkpoint_without_a_checksum_is_refused(tmp_path):
@@ -274,7 +268,7 @@ def test_a_checkpoint_without_a_checksum_is_refused(tmp_path):
               metadata={"format": ckpt.FORMAT_VERSION, "step": "3", "config": "{}", "rng_states": "{}"})
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
-    assert_one_line_error(caught.value, str(path), "no checksum", "earlier version", "start a new run")
+    assert_one_line_message(caught.value, str(path), "no checksum", "earlier version", "start a new run")
 
 
 def test_bad_metadata_is_reported_as_corrupt(tmp_path):
@@ -286,7 +280,7 @@ def test_bad_metadata_is_reported_as_corrupt(tmp_path):
                                             "rng_states": "{}", "sha256": ckpt.tensors_digest(tensors)})
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
-    assert_one_line_error(caught.value, "bad metadata", "corrupt")
+    assert_one_line_message(caught.value, "bad metadata", "corrupt")
 
 
 def test_check_compatible_names_the_mismatch():
@@ -296,12 +290,12 @@ def test_check_compatible_names_the_mismatch():
     wider = dict(state, pos_embed=np.zeros((1, 50, 96), np.float32))
     with pytest.raises(CheckpointError) as caught:
         check_compatible({"model": wider, "ema": None, "config": {"preset": "small"}}, model, "c.safetensors")
-    assert_one_line_error(caught.value, "different model", "'small'", "pos_embed", "(1, 50, 96)",
+    assert_one_line_message(caught.value, "different model", "'small'", "pos_embed", "(1, 50, 96)",
                           "build the model with the checkpoint's preset")
     fewer = {name: value for name, value in state.items() if name != "pos_embed"}
     with pytest.raises(CheckpointError) as caught:
         check_compatible({"model": state, "ema": fewer, "config": {"preset": "tiny"}}, model, "c.safetensors")
-    assert_one_line_error(caught.value, "the checkpoint lacks pos_embed")
+    assert_one_line_message(caught.value, "the checkpoint lacks pos_embed")
 
 
 def test_metadata_is_plain_json_not_pickle(tmp_path):

@@ -27,12 +27,17 @@ from minisdit.autograd import optim
 from minisdit.cli import train
 from minisdit.training.checkpoint import load_checkpoint, save_checkpoint
 from minisdit.training.config import CPU_RECIPE
+from tests.helpers import assert_one_line_error, run_main
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
 COMMON = ["--batch-size", "4", "--lr", "1e-3", "--ema", "0.9", "--warmup-steps", "2", "--grad-clip", "1.0",
           "--seed", "3", "--sample-steps", "2", "--sample-num", "2", "--sample-every", "1000",
           "--ckpt-every", "1000", "--log-every", "1", "--no-progress"]
+
+
+def run_cli(*argv):
+    return run_main(train.main, *argv)
 
 
 def fake_dataset(*args, **kwargs):
@@ -44,27 +49,6 @@ def fake_dataset(*args, **kwargs):
 @pytest.fixture(autouse=True)
 def no_real_data(monkeypatch):
     monkeypatch.setattr(data, "load_dataset", fake_dataset)
-
-
-def run_cli(*argv):
-    """train.main(argv) in this process: (exit code, stdout, stderr); argparse errors exit via SystemExit."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = train.main([str(a) for a in argv])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_one_line_error(code, stderr, *fragments):
-    assert code != 0
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def log_records(out: Path) -> list:
