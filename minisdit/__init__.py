@@ -2,7 +2,7 @@
 
 The package's folders are its layers, each importing only from the ones below it (docs/DESIGN.md
 §8): ``autograd`` < ``kernels``, ``data`` < ``snn``, ``rwkv`` < ``models`` <
-``diffusion``, ``metrics`` < ``training`` < ``cli``.
+``diffusion``, ``metrics`` < ``training`` < ``cli``, ``kernel_checks``.
 """
 from .autograd import backend, functional, nn, optim
 from .autograd.tensor import Function, Tensor, is_grad_enabled, no_grad

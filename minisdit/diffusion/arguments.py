@@ -61,7 +61,7 @@ def device_and_dtype(model, noise=None):
 
 @contextlib.contextmanager
 def evaluation_mode(model):
-    """Sample with the model in eval mode (no label dropout), then restore its mode."""
+    """Sample with the model in eval mode (deterministic neurons and layers), then restore its mode."""
     was_training = getattr(model, "training", False)
     if was_training and hasattr(model, "eval"):
         model.eval()

@@ -20,8 +20,9 @@ Respacing (diffusion/schedules.py) keeps steps t_0 < ... < t_{K−1} with the sa
 the model sees.  The samplers (DDPM, DDIM, guidance) are in diffusion/samplers.py; the methods
 ``p_sample_loop`` and ``ddim_sample_loop`` here call them.
 
-The training hot path runs minisdit/kernels/ddpm_loss.cu on CuPy arrays and the NumPy references on
-NumPy arrays (diffusion/fused_ops.py): x_t from ``fused_q_sample`` (x_t needs no gradient) and the
+The training hot path runs minisdit/kernels/ddpm_loss.cu on CuPy arrays (and on NumPy arrays inside
+``kernels.runtime.cpu_kernels()``, as the command-line tools run), else the NumPy references
+(diffusion/fused_ops.py): x_t from ``fused_q_sample`` (x_t needs no gradient) and the
 ε-MSE from ``epsilon_mse``.  Schedules are float64 NumPy arrays; ``at(t, like)`` reads them at
 steps t from copies cast to the data's dtype and kept on the data's device (made once per device
 and dtype), so a step copies only its t to the device.
