@@ -1,4 +1,4 @@
-"""Standard multi-head self-attention: the `attention="softmax"` ablation of SDiT's TimeMix (issue 15).
+"""Standard multi-head self-attention: the `attention="softmax"` ablation of TimeMix in the block of docs/DESIGN.md §3.
 
 The SDiT paper keeps RWKV's WKV recurrence as its attention; this layer is the Transformer's
 attention in its place, to weigh what the linear-time, causal WKV costs in quality.  With H heads of

@@ -1,10 +1,10 @@
 """The softmax attention core softmax(Q K^T / sqrt(d)) V: forward against NumPy, backward against
-central differences in float64, and both stable for logits whose exp overflows."""
+central differences in float64 (on every device), and both stable for logits whose exp overflows."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from minisdit import Tensor
+from minisdit import Tensor, backend
 from minisdit.autograd.gradcheck import gradcheck
 from minisdit.autograd.nn_ops import scaled_dot_product_attention
 
@@ -32,18 +32,18 @@ def qkv(seed, shape, scale=1.0, dtype=np.float64):
 
 
 @given(shape=shapes, seed=seeds)
-def test_forward_matches_the_plain_formula(shape, seed):
+def test_forward_matches_the_plain_formula(device, shape, seed):
     q, k, v = qkv(seed, shape)
-    out = scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v))
-    assert out.shape == shape and out.dtype == np.float64
+    out = scaled_dot_product_attention(*(Tensor(backend.to_device(a, device)) for a in (q, k, v)))
+    assert out.shape == shape and out.dtype == np.float64 and out.device == device
     np.testing.assert_allclose(out.numpy(), plain_attention(q, k, v), rtol=1e-12, atol=1e-12)
 
 
 @given(shape=shapes, seed=seeds, scale=st.sampled_from([0.1, 1.0, 4.0]))
-def test_gradient_matches_central_differences(shape, seed, scale):
+def test_gradient_matches_central_differences(device, shape, seed, scale):
     """dL/dQ, dL/dK, dL/dV in float64, random-projection loss; ``scale`` spreads the logits from a
     nearly uniform softmax (0.1) to a peaked one (4)."""
-    gradcheck(scaled_dot_product_attention, qkv(seed, shape, scale))
+    gradcheck(scaled_dot_product_attention, [Tensor(backend.to_device(a, device)) for a in qkv(seed, shape, scale)])
 
 
 def test_large_logits_forward_is_finite_and_right():
