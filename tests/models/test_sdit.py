@@ -118,8 +118,8 @@ def test_state_dict_of_the_variants():
         for name in ("query", "key", "value", "output"):
             expected[f"{block}.att.{name}.weight"] = (d, d)
     assert softmax == expected
-    assert {name: value.shape for name, value in sdit_from_preset("small", spiking_embedding=True).state_dict().items()} \
-        == default
+    spiking_embedding = sdit_from_preset("small", spiking_embedding=True).state_dict()
+    assert {name: value.shape for name, value in spiking_embedding.items()} == default
 
 
 def test_variant_layers_and_their_options():
@@ -136,7 +136,8 @@ def test_variant_layers_and_their_options():
     assert isinstance(sdit_from_preset("tiny").mid_block.att, TimeMix)
     assert not hasattr(sdit_from_preset("tiny"), "x_neuron")  # the default model's module tree is unchanged
     # spiking=False makes every SN the identity, the embedding's too
-    assert not any(isinstance(m, SpikeRate) for m in sdit_from_preset("tiny", spiking=False, spiking_embedding=True).modules())
+    not_spiking = sdit_from_preset("tiny", spiking=False, spiking_embedding=True)
+    assert not any(isinstance(module, SpikeRate) for module in not_spiking.modules())
 
 
 def test_default_is_bitwise_the_explicit_rwkv_model_without_spiking_embedding():
