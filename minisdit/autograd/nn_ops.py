@@ -1,6 +1,8 @@
-"""Differentiable network ops (LayerNorm, Conv2d, Embedding, MSE): ``Function``s with a fused
+"""Differentiable network ops (LayerNorm, Conv2d, Embedding, MSE, softmax attention): ``Function``s with a fused
 forward on raw arrays and a hand-written backward, in the notation of ``ops.py``."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -148,6 +150,48 @@ class MSE(Function):
         return unbroadcast(grad, self.shapes[0]), unbroadcast(-grad, self.shapes[1])
 
 
+class ScaledDotProductAttention(Function):
+    """O = softmax(Q K^T / sqrt(d)) V for each (n, head): Q, K, V and O of shape (N, heads, L, d), no mask.
+
+    Forward, per row i of one (n, head), with the scale s = 1 / sqrt(d):
+        S = s Q K^T                      (L, L) logits
+        P_ij = exp(S_ij - m_i) / sum_j' exp(S_ij' - m_i),   m_i = max_j S_ij
+        O = P V
+    Subtracting the row maximum m_i changes nothing (it cancels in the ratio) but keeps every
+    exponent <= 0, so exp never overflows however large the logits are; the row sum is >= 1.
+
+    Backward, given dO = dL/dO:
+        dV = P^T dO
+        dP = dO V^T
+        dS_ij = sum_k dP_ik dP_ik/dS_ij  with  dP_ik/dS_ij = P_ik (delta_kj - P_ij), so
+        dS = P * (dP - rowsum(dP * P))         (the softmax Jacobian; rowsum keeps the axis)
+        dQ = s dS K,   dK = s dS^T Q.
+    rowsum(dP * P)_i = sum_j (dO V^T)_ij P_ij = sum_c dO_ic O_ic, so the row term is computed from
+    dO and O (L d numbers per row) instead of the (L, L) product dP * P.  Only P and the inputs are
+    kept from the forward pass; m_i needs no backward of its own since P does not depend on it.
+    """
+
+    def forward(self, q, k, v):
+        xp = _xp(q)
+        self.scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
+        logits = (q @ xp.swapaxes(k, -1, -2)) * self.scale
+        logits -= logits.max(axis=-1, keepdims=True)
+        weights = xp.exp(logits)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        self.q, self.k, self.v, self.weights = q, k, v, weights
+        self.out = weights @ v
+        return self.out
+
+    def backward(self, g):
+        xp = _xp(g)
+        weights = self.weights
+        grad_v = xp.swapaxes(weights, -1, -2) @ g
+        grad_weights = g @ xp.swapaxes(self.v, -1, -2)
+        row_term = (g * self.out).sum(axis=-1, keepdims=True)       # rowsum(dP * P)
+        grad_logits = weights * (grad_weights - row_term) * self.scale  # s dS
+        return grad_logits @ self.k, xp.swapaxes(grad_logits, -1, -2) @ self.q, grad_v
+
+
 # --------------------------------------------------------------------------------------------
 # the functional API of these ops
 # --------------------------------------------------------------------------------------------
@@ -170,3 +214,11 @@ def embedding(indices, table):
     indices = indices.data if isinstance(indices, Tensor) else indices
     indices = _xp(table.data).asarray(indices)
     return Embedding.apply(Tensor(indices), table)
+
+
+def scaled_dot_product_attention(q, k, v):
+    """softmax(Q K^T / sqrt(d)) V over the last two axes of (N, heads, L, d) Tensors, without a mask."""
+    if not (q.ndim == k.ndim == v.ndim == 4) or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"scaled_dot_product_attention needs q, k, v of one shape (N, heads, L, d); "
+                         f"got {q.shape}, {k.shape}, {v.shape}")
+    return ScaledDotProductAttention.apply(q, k, v)

@@ -3,6 +3,7 @@
 The data flow, with N images of C channels, H = W = 28, patch p, L = (H/p)(W/p), M = L + 1, width D:
 
     x (N, C, H, W) --Conv2d(C->D, kernel p, stride p)--> patches (N, L, D), raster order
+        (spiking_embedding=True: patches = SN(patches), so the first block sees spike rates)
     t (N,) --256 sinusoids--> Linear -> SiLU -> Linear --> t_emb (N, D)
     y (N,) --table of num_classes + 1 rows (the trainer drops 10% to "no class": drop_labels)--> y_emb (N, D)
     tokens = [t_emb + y_emb, patches] + pos_embed                       (N, M, D)
@@ -13,7 +14,8 @@ The data flow, with N images of C channels, H = W = 28, patch p, L = (H/p)(W/p),
 
     one block, X (N, M, D), Reconstruction Token R0 (M, D):
         Z = [X, R0]                                   (N, 2M, D)  R0 rides along the causal scan
-        Z = Z + SN(TimeMix(LN(Z)))                    spiking RWKV attention (WKV recurrence)
+        Z = Z + SN(TimeMix(LN(Z)))                    spiking RWKV attention (WKV recurrence);
+                                                      attention="softmax": multi-head softmax attention
         Z = Z + SN(ChannelMix(LN(Z)))                 spiking RWKV feed-forward
         X_hat, R_hat = Z[:, :M], Z[:, M:]
         A = R_hat W_a^T + b_a                         (N, M, M)   Reconstruction Module
@@ -25,6 +27,10 @@ The data flow, with N images of C channels, H = W = 28, patch p, L = (H/p)(W/p),
 
 SN(a) presents the same a to a LIF neuron for T steps and returns the mean spike count
 (``minisdit.snn.spike_rate``), so every branch output lies in {0, 1/T, ..., 1}.
+
+The ablations of issue 15 are keyword arguments: ``reconstruction=False`` (no R0, no gate),
+``spiking=False`` (every SN, the embedding's too, is the identity), ``T``, ``attention="softmax"``
+(``attention.py``) and ``spiking_embedding=True``.  The defaults are the paper's model.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from ..autograd import nn
 from ..rwkv import ChannelMix, TimeMix
 from ..snn import SpikeRate
 from ..autograd.tensor import Tensor
+from .attention import SelfAttention
 from .reconstruction import ReconstructionModule
 
 PRESETS = {
@@ -46,6 +53,8 @@ PRESETS = {
     "paper": dict(hidden_size=384, depth=4, patch_size=2),
     "paper-cifar": dict(hidden_size=512, depth=8, patch_size=2),
 }
+
+ATTENTIONS = ("rwkv", "softmax")
 
 
 class Identity(nn.Module):
@@ -110,10 +119,14 @@ class LabelEmbedder(nn.Module):
 
 
 class SDiTBlock(nn.Module):
-    """Spiking RWKV block with the Reconstruction Token; ``skip`` given for output blocks."""
+    """Spiking RWKV block with the Reconstruction Token; ``skip`` given for output blocks.
+
+    ``attention="softmax"`` puts ``SelfAttention`` where TimeMix is, under the same name ``att``
+    and the same SN; ChannelMix stays.
+    """
 
     def __init__(self, hidden_size, num_tokens, layer_id, depth, rng, *, skip=False, reconstruction=True,
-                 spiking=True, T=4, neuron_options=None, projection_init="torch"):
+                 spiking=True, T=4, neuron_options=None, projection_init="torch", attention="rwkv"):
         super().__init__()
         self.reconstruction = reconstruction
         if skip:
@@ -122,7 +135,10 @@ class SDiTBlock(nn.Module):
             self.skip_linear = None
         if reconstruction:
             self.recon_token = nn.Parameter(np.ones((num_tokens, hidden_size), np.float32))
-        self.att = TimeMix(hidden_size, layer_id, depth, rng=rng, projection_init=projection_init)
+        if attention == "softmax":
+            self.att = SelfAttention(hidden_size, rng=rng, projection_init=projection_init)
+        else:
+            self.att = TimeMix(hidden_size, layer_id, depth, rng=rng, projection_init=projection_init)
         self.ffn = ChannelMix(hidden_size, layer_id, depth, rng=rng, projection_init=projection_init)
         self.att_neuron = SpikeRate(T=T, **(neuron_options or {})) if spiking else Identity()
         self.ffn_neuron = SpikeRate(T=T, **(neuron_options or {})) if spiking else Identity()
@@ -173,8 +189,15 @@ class SDiT(nn.Module):
 
     def __init__(self, *, input_size=28, patch_size=2, in_channels=1, hidden_size=384, depth=4,
                  num_classes=10, class_dropout_prob=0.1, learn_sigma=True, reconstruction=True,
-                 spiking=True, T=4, neuron_options=None, projection_init="torch", seed=0):
+                 spiking=True, T=4, neuron_options=None, projection_init="torch", attention="rwkv",
+                 spiking_embedding=False, seed=0):
         super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        for name, value in (("reconstruction", reconstruction), ("spiking", spiking),
+                            ("spiking_embedding", spiking_embedding)):
+            if not isinstance(value, (bool, np.bool_)):  # a string such as "False" would silently be true
+                raise ValueError(f"{name} must be True or False, got {value!r}")
         if depth < 2 or depth % 2:
             raise ValueError(f"depth must be even and >= 2, got {depth}")
         if input_size % patch_size:
@@ -183,17 +206,20 @@ class SDiT(nn.Module):
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.hidden_size, self.depth, self.num_classes = hidden_size, depth, num_classes
         self.learn_sigma, self.reconstruction, self.spiking, self.T = learn_sigma, reconstruction, spiking, T
+        self.attention, self.spiking_embedding = attention, bool(spiking_embedding)
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.grid_size = (input_size // patch_size, input_size // patch_size)
         self.num_tokens = self.grid_size[0] * self.grid_size[1] + 1
         self.class_dropout_prob = class_dropout_prob
 
         self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size, rng)
+        if spiking_embedding:  # no parameters: the default model's module tree stays as it was
+            self.x_neuron = SpikeRate(T=T, **(neuron_options or {})) if spiking else Identity()
         self.t_embedder = TimestepEmbedder(hidden_size, rng)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, rng)
         self.pos_embed = nn.Parameter(np.zeros((1, self.num_tokens, hidden_size), np.float32))
         block_options = dict(reconstruction=reconstruction, spiking=spiking, T=T, neuron_options=neuron_options,
-                             projection_init=projection_init)
+                             projection_init=projection_init, attention=attention)
         half = depth // 2
         self.in_blocks = nn.ModuleList(
             SDiTBlock(hidden_size, self.num_tokens, i, depth, rng, **block_options) for i in range(half))
@@ -228,6 +254,8 @@ class SDiT(nn.Module):
             raise ValueError(f"y must hold class labels in 0..{self.num_classes} ({self.num_classes} means 'no class'), "
                              f"got values {y.min()}..{y.max()}")
         tokens = self.x_embedder(x)
+        if self.spiking_embedding:
+            tokens = self.x_neuron(tokens)
         condition = self.t_embedder(t) + self.y_embedder(y)
         n, _, d = tokens.shape
         z = F.concat([F.reshape(condition, (n, 1, d)), tokens], axis=1) + self.pos_embed
@@ -252,7 +280,10 @@ def _integer_array(name, values, batch, meaning):
 
 
 def sdit_from_preset(name: str, in_channels: int = 1, num_classes: int = 10, input_size: int = 28, **options) -> SDiT:
-    """Build one of the presets in docs/DESIGN.md §2: tiny, small, paper, paper-cifar."""
+    """Build one of the presets in docs/DESIGN.md §2: tiny, small, paper, paper-cifar.
+
+    ``options`` go to ``SDiT``: the ablations ``reconstruction``, ``spiking``, ``T``, ``attention``,
+    ``spiking_embedding``, and ``neuron_options``, ``projection_init``, ``seed``."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return SDiT(input_size=input_size, in_channels=in_channels, num_classes=num_classes, **PRESETS[name], **options)

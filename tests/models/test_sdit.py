@@ -1,4 +1,4 @@
-"""The SDiT model: parameter counts, names, layout, gradients, and that it can learn."""
+"""The SDiT model and its ablation variants: parameter counts, names, layout, gradients, and that it can learn."""
 import dataclasses
 
 import numpy as np
@@ -7,10 +7,13 @@ from hypothesis import example, given, settings, strategies as st
 
 from minisdit import Tensor
 from minisdit.models import SDiT, sdit_from_preset
-from minisdit.models.sdit import ReconstructionModule, unpatchify
+from minisdit.models.attention import SelfAttention
+from minisdit.models.sdit import ATTENTIONS, ReconstructionModule, unpatchify
+from minisdit.rwkv import TimeMix
 from minisdit.autograd.optim import AdamW
 from minisdit.snn import SpikeRate
 from minisdit.autograd.gradcheck import gradcheck_module
+from tests.helpers import assert_one_line_message
 
 # docs/DESIGN.md §2; the C = 3 counts of `paper` and `paper-cifar` are the authors' models exactly
 PARAMETER_COUNTS = {
@@ -21,9 +24,54 @@ PARAMETER_COUNTS = {
 }
 
 
+# attention="softmax" has TimeMix's four D x D projections but not its five (D,) vectors (time_decay,
+# time_first, time_mix_k/v/r): 5 D fewer per block, depth + 1 blocks; spiking_embedding adds no parameter
+SOFTMAX_PARAMETER_COUNTS = {
+    ("tiny", 1): 225_244, ("tiny", 3): 231_744,
+    ("small", 1): 3_244_103, ("small", 3): 3_249_019,
+    ("paper", 1): 11_648_135, ("paper", 3): 11_657_659,
+    ("paper-cifar", 1): 36_016_411, ("paper-cifar", 3): 36_029_007,
+}
+VARIANTS = {  # the ablations of issue 15 that this layer builds, and the counts they must have
+    "default": ({}, PARAMETER_COUNTS),
+    "softmax": (dict(attention="softmax"), SOFTMAX_PARAMETER_COUNTS),
+    "spiking embedding": (dict(spiking_embedding=True), PARAMETER_COUNTS),
+    "softmax + spiking embedding": (dict(attention="softmax", spiking_embedding=True), SOFTMAX_PARAMETER_COUNTS),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("preset,channels", sorted(PARAMETER_COUNTS))
-def test_parameter_counts_match_design(preset, channels):
-    assert sdit_from_preset(preset, in_channels=channels).num_parameters() == PARAMETER_COUNTS[(preset, channels)]
+def test_parameter_counts_match_design(preset, channels, variant):
+    options, counts = VARIANTS[variant]
+    model = sdit_from_preset(preset, in_channels=channels, **options)
+    assert model.num_parameters() == counts[(preset, channels)]
+
+
+def test_softmax_counts_are_the_default_less_the_rwkv_vectors():
+    from minisdit.models import PRESETS
+    for (preset, channels), count in PARAMETER_COUNTS.items():
+        d, depth = PRESETS[preset]["hidden_size"], PRESETS[preset]["depth"]
+        assert SOFTMAX_PARAMETER_COUNTS[(preset, channels)] == count - 5 * d * (depth + 1)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(attention="linear"), "unknown attention 'linear'; choose one of rwkv, softmax"),
+    (dict(attention="RWKV"), "unknown attention 'RWKV'; choose one of rwkv, softmax"),
+    (dict(spiking_embedding="yes"), "spiking_embedding must be True or False, got 'yes'"),
+    (dict(reconstruction="False"), "reconstruction must be True or False, got 'False'"),
+    (dict(spiking=None), "spiking must be True or False, got None"),
+])
+def test_bad_variant_values_name_the_choices(options, message):
+    for build in (lambda: SDiT(**options), lambda: sdit_from_preset("tiny", **options)):
+        with pytest.raises(ValueError) as error:
+            build()
+        assert_one_line_message(error.value, message)
+
+
+def test_softmax_needs_a_width_that_splits_into_heads():
+    with pytest.raises(ValueError, match="D=200 with 3 heads"):
+        SDiT(hidden_size=200, depth=2, patch_size=4, attention="softmax")
 
 
 def test_unknown_preset_lists_the_valid_ones():
@@ -57,6 +105,76 @@ def test_state_dict_names_and_shapes_follow_design():
         expected[f"{block}.recon.fc_a.weight"], expected[f"{block}.recon.fc_a.bias"] = (m, d), (m,)
         expected[f"{block}.recon.fc_b.weight"], expected[f"{block}.recon.fc_b.bias"] = (d, m), (d,)
     assert {name: value.shape for name, value in state.items()} == expected
+
+
+def test_state_dict_of_the_variants():
+    """softmax: att holds query, key, value, output (D x D) and nothing else; the rest is the default's.
+    spiking_embedding: the default's state dict exactly (its SN has no parameters)."""
+    default = {name: value.shape for name, value in sdit_from_preset("small").state_dict().items()}
+    d = 192
+    softmax = {name: value.shape for name, value in sdit_from_preset("small", attention="softmax").state_dict().items()}
+    expected = {name: shape for name, shape in default.items() if ".att." not in name}
+    for block in ("in_blocks.0", "in_blocks.1", "mid_block", "out_blocks.0", "out_blocks.1"):
+        for name in ("query", "key", "value", "output"):
+            expected[f"{block}.att.{name}.weight"] = (d, d)
+    assert softmax == expected
+    spiking_embedding = sdit_from_preset("small", spiking_embedding=True).state_dict()
+    assert {name: value.shape for name, value in spiking_embedding.items()} == default
+
+
+def test_variant_layers_and_their_options():
+    neuron_options = dict(tau=3.0, v_threshold=0.5)
+    model = sdit_from_preset("small", attention="softmax", spiking_embedding=True, T=6, neuron_options=neuron_options)
+    assert (model.attention, model.spiking_embedding) == ("softmax", True)
+    for block in (*model.in_blocks, model.mid_block, *model.out_blocks):
+        assert isinstance(block.att, SelfAttention) and block.att.num_heads == 3
+    # the embedding's SN is the blocks' SN: same T, same LIF options
+    assert isinstance(model.x_neuron, SpikeRate)
+    assert model.x_neuron.T == model.mid_block.att_neuron.T == 6
+    assert model.x_neuron.options == model.mid_block.att_neuron.options
+    assert model.x_neuron.options.tau == 3.0 and model.x_neuron.options.v_threshold == 0.5
+    assert isinstance(sdit_from_preset("tiny").mid_block.att, TimeMix)
+    assert not hasattr(sdit_from_preset("tiny"), "x_neuron")  # the default model's module tree is unchanged
+    # spiking=False makes every SN the identity, the embedding's too
+    not_spiking = sdit_from_preset("tiny", spiking=False, spiking_embedding=True)
+    assert not any(isinstance(module, SpikeRate) for module in not_spiking.modules())
+
+
+def test_default_is_bitwise_the_explicit_rwkv_model_without_spiking_embedding():
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    t, y = np.array([5, 900]), np.array([2, 10])
+    outputs = []
+    for options in ({}, dict(attention="rwkv", spiking_embedding=False)):
+        model = sdit_from_preset("tiny", seed=4, **options)
+        model.final_layer.linear.weight.data[:] = 0.01  # so the output depends on every block
+        outputs.append((model.state_dict(), model.eval()(Tensor(x), t, y).numpy()))
+    (state_a, out_a), (state_b, out_b) = outputs
+    assert list(state_a) == list(state_b) and all(np.array_equal(state_a[k], state_b[k]) for k in state_a)
+    assert np.array_equal(out_a, out_b)
+
+
+def test_spiking_embedding_gives_the_first_block_spike_rates():
+    """Patch tokens are SN(patches) before the condition token is prepended and pos_embed is added: the first
+    block's input, less pos_embed, has tokens 1.. in {0, 1/T, ..., 1}; without the option it does not."""
+    seen = {}
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((2, 1, 28, 28)).astype(np.float32) * 3
+    pos_embed = (0.3 * rng.standard_normal((1, 50, 64))).astype(np.float32)  # nonzero, so the order shows
+    for spiking_embedding in (False, True):
+        model = sdit_from_preset("tiny", T=4, spiking_embedding=spiking_embedding, seed=2).eval()
+        model.pos_embed.data = pos_embed.copy()
+        block = model.in_blocks[0]
+        original = block.forward
+        object.__setattr__(block, "forward", lambda z, *rest: (seen.__setitem__(spiking_embedding, z.numpy()),
+                                                              original(z, *rest))[1])
+        model(Tensor(image), np.array([1, 2]), np.array([3, 4]))
+    rates = (seen[True] - pos_embed)[:, 1:] * 4
+    np.testing.assert_allclose(rates, np.round(rates), atol=1e-5)  # float32 rounding of (rate + p) - p
+    assert np.round(rates).min() >= 0 and np.round(rates).max() <= 4
+    assert len(np.unique(np.round(rates))) > 1  # some neurons fire and some do not: real spike rates
+    analog = (seen[False] - pos_embed)[:, 1:] * 4
+    assert np.abs(analog - np.round(analog)).max() > 0.1
+    np.testing.assert_array_equal(seen[True][:, 0], seen[False][:, 0])  # the condition token is not spiked
 
 
 def _assert_uniform(values, bound, what):
@@ -181,6 +299,19 @@ def test_patch_tokens_are_in_raster_order():
     assert changed.tolist() == [1 * 7 + 2]
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("channels,learn_sigma", [(1, True), (3, False)])
+def test_variant_forward_shapes_and_eval_determinism(variant, channels, learn_sigma):
+    model = sdit_from_preset("tiny", in_channels=channels, learn_sigma=learn_sigma, seed=1, **VARIANTS[variant][0])
+    model.final_layer.linear.weight.data[:] = 0.01  # make the output depend on the tokens
+    model.eval()
+    x = Tensor(np.random.default_rng(0).standard_normal((3, channels, 28, 28)).astype(np.float32))
+    t, y = np.array([0, 500, 999]), np.array([1, 9, 10])
+    first, second = model(x, t, y).numpy(), model(x, t, y).numpy()
+    assert first.shape == (3, 2 * channels if learn_sigma else channels, 28, 28) and first.dtype == np.float32
+    assert np.all(np.isfinite(first)) and np.array_equal(first, second)
+
+
 def test_eval_is_deterministic_and_training_drops_labels():
     model = sdit_from_preset("tiny", seed=1)
     model.final_layer.linear.weight.data[:] = 0.01  # make the output depend on the tokens
@@ -219,16 +350,26 @@ IMAGE_AND_PATCH = [(4, 4), (4, 2), (6, 2), (6, 3), (8, 4)]
 
 
 @settings(max_examples=settings().max_examples * 2 // 15, deadline=None)
-@example(batch=2, channels=1, hidden=4, image_patch=(4, 2), depth=4, reconstruction=True, num_classes=3, seed=0)
+@example(batch=2, channels=1, hidden=4, image_patch=(4, 2), depth=4, reconstruction=True, num_classes=3, seed=0,
+         attention="rwkv", spiking_embedding=False)
+@example(batch=2, channels=1, hidden=4, image_patch=(4, 2), depth=4, reconstruction=True, num_classes=3, seed=1,
+         attention="softmax", spiking_embedding=False)
+@example(batch=2, channels=1, hidden=4, image_patch=(6, 2), depth=2, reconstruction=True, num_classes=3, seed=2,
+         attention="rwkv", spiking_embedding=True)
+@example(batch=2, channels=2, hidden=3, image_patch=(8, 4), depth=2, reconstruction=False, num_classes=2, seed=3,
+         attention="softmax", spiking_embedding=True)
 @given(batch=st.integers(1, 3), channels=st.integers(1, 2), hidden=st.integers(3, 5),
        image_patch=st.sampled_from(IMAGE_AND_PATCH), depth=st.sampled_from([2, 4]), reconstruction=st.booleans(),
-       num_classes=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+       num_classes=st.integers(1, 3), seed=st.integers(0, 2**32 - 1), attention=st.sampled_from(ATTENTIONS),
+       spiking_embedding=st.booleans())
 def test_whole_model_gradient_every_parameter(batch, channels, hidden, image_patch, depth, reconstruction,
-                                              num_classes, seed):
-    """d(output)/d(image) and d(output)/d(every parameter) against central differences, in float64."""
+                                              num_classes, seed, attention, spiking_embedding):
+    """d(output)/d(image) and d(output)/d(every parameter) against central differences, in float64,
+    for the default model and the ablation variants (the @examples cover each variant on every run)."""
     input_size, patch_size = image_patch
     model = SDiT(input_size=input_size, patch_size=patch_size, in_channels=channels, hidden_size=hidden, depth=depth,
-                 num_classes=num_classes, reconstruction=reconstruction, seed=seed % 1000)
+                 num_classes=num_classes, reconstruction=reconstruction, attention=attention,
+                 spiking_embedding=spiking_embedding, seed=seed % 1000)
     model = _smooth(model).to(dtype=np.float64).eval()
     rng = np.random.default_rng(seed)
     for parameter in model.parameters():  # move off the special initial values (zeros, ones)
@@ -242,10 +383,11 @@ def test_whole_model_gradient_every_parameter(batch, channels, hidden, image_pat
     assert report.checks == 1 + len(model.parameters())  # every parameter array was checked
 
 
-def test_tiny_preset_gradient_every_parameter_group():
+@pytest.mark.parametrize("variant", ["default", "softmax", "spiking embedding"])
+def test_tiny_preset_gradient_every_parameter_group(variant):
     """The real `tiny` preset (D = 64, 28 x 28, 3 blocks) in float64: every parameter array along two random
     directions, through its own forward, with the spiking step replaced by its surrogate primitive."""
-    model = _smooth(sdit_from_preset("tiny", seed=5)).to(dtype=np.float64).eval()
+    model = _smooth(sdit_from_preset("tiny", seed=5, **VARIANTS[variant][0])).to(dtype=np.float64).eval()
     rng = np.random.default_rng(5)
     for parameter in model.parameters():  # off the special initial values (zero head, ones tokens)
         parameter.data = parameter.data + 0.05 * rng.standard_normal(parameter.shape)
