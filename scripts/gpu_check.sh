@@ -18,12 +18,11 @@
 #
 # It runs from the checkout with PYTHONPATH (no pip install: the machine's own CuPy) and reads MNIST
 # from a folder copied along with the checkout, the four IDX files as the mirrors publish them
-# (*.gz, about 11 MB).  Once, in the repository root:
-#     mkdir -p .mnist && echo /.mnist/ >> .git/info/exclude
-#     for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
-#         gzip -c ~/.cache/minisdit/mnist/$f > .mnist/$f.gz; done
-# then on the lent machine (the device tool: carry [".mnist"]):
-#     bash scripts/gpu_check.sh [--data .mnist] [--out DIR]         (default --out: $OUT, else gpu-check-out)
+# (*.gz, about 11 MB), by default .data/mnist (.data/ is in .gitignore).  Once, in the repository root:
+#     mkdir -p .data/mnist && for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
+#         t10k-labels-idx1-ubyte; do gzip -c ~/.cache/minisdit/mnist/$f > .data/mnist/$f.gz; done
+# then on the lent machine (with the device tool: carry [".data"]):
+#     bash scripts/gpu_check.sh [--data .data/mnist] [--out DIR]    (default --out: $OUT, else gpu-check-out)
 #
 # The dry run, in CI and on any machine without a GPU, runs every stage through the same code on
 # tiny sizes on the CPU (CPU kernels in place of CuPy; MNIST from $MINISDIT_DATA or ~/.cache/minisdit):
@@ -36,19 +35,24 @@ MODE=gpu
 OUT_DIR=${OUT:-gpu-check-out}
 DATA=""
 STAGE=""
+STAGES="env tests kernels agreement throughput train"
+PRINT_BUDGETS=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) MODE=cpu ;;
         --out) OUT_DIR=$2; shift ;;
         --data) DATA=$2; shift ;;
+        --stages) STAGES=${2//,/ }; shift ;;  # a comma list: run only these (tests/scripts/test_gpu_check.py)
+        --budgets) PRINT_BUDGETS=1 ;;  # print each stage's budget and the train stage's parts, run nothing
         --stage) STAGE=$2; shift ;;  # internal: run one stage (the runner below calls this)
-        *) echo "error: unknown argument $1; use: bash scripts/gpu_check.sh [--cpu] [--data DIR] [--out DIR]" >&2
+        *) echo "error: unknown argument $1; use: bash scripts/gpu_check.sh [--cpu] [--data DIR] [--out DIR]" \
+                "[--stages LIST] [--budgets]" >&2
            exit 2 ;;
     esac
     shift
 done
 if [ -z "$DATA" ]; then
-    if [ "$MODE" = gpu ]; then DATA=.mnist; else DATA=${MINISDIT_DATA:-$HOME/.cache/minisdit}/mnist; fi
+    if [ "$MODE" = gpu ]; then DATA=.data/mnist; else DATA=${MINISDIT_DATA:-$HOME/.cache/minisdit}/mnist; fi
 fi
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -57,12 +61,22 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # ceilings for tiny sizes on a slow, shared CPU
 if [ "$MODE" = gpu ]; then
     BUDGET_env=30 BUDGET_tests=110 BUDGET_kernels=60 BUDGET_agreement=40 BUDGET_throughput=100 BUDGET_train=140
-    TRAIN_S=75 SAMPLE_S=25 EVALUATE_S=35  # inside the train stage: 75 + 25 + 35 + the data copy
+    TRAIN_S=70 SAMPLE_S=25 EVALUATE_S=35  # inside the train stage: 70 + 25 + 35 + the data copy
 else
     BUDGET_env=30 BUDGET_tests=60 BUDGET_kernels=60 BUDGET_agreement=60 BUDGET_throughput=60 BUDGET_train=90
     TRAIN_S=12 SAMPLE_S=25 EVALUATE_S=40  # 12 s: the tiny run is cut by SIGTERM too, as on the GPU
 fi
-STAGES="env tests kernels agreement throughput train"
+for name in $STAGES; do
+    case " env tests kernels agreement throughput train " in
+        *" $name "*) ;;
+        *) echo "error: unknown stage $name; choose from env, tests, kernels, agreement, throughput, train" >&2; exit 2 ;;
+    esac
+done
+if [ $PRINT_BUDGETS = 1 ]; then
+    for name in $STAGES; do budget_var=BUDGET_$name; echo "$name ${!budget_var}"; done
+    echo "train-parts $TRAIN_S $SAMPLE_S $EVALUATE_S"
+    exit 0
+fi
 
 stage_env() {
     if [ "$MODE" = gpu ]; then
@@ -115,6 +129,10 @@ stage_throughput() {
 
 stage_train() {
     local run=$WORK/run data_dir=$WORK/data rc
+    if [ ! -d "$DATA" ]; then  # else fetch would go on to the mirrors: 10 s each to fail without a network
+        echo "error: no MNIST folder $DATA; make it as the header of scripts/gpu_check.sh says, or pass --data DIR"
+        return 1
+    fi
     # MD5-checked copy of the carried files into a cache folder of this run (fetch tries a local copy first)
     "$PY" -m minisdit.data fetch mnist --file "$DATA" --data-dir "$data_dir" || return 1
     if [ "$MODE" = gpu ]; then
@@ -156,6 +174,7 @@ export WORK
 trap 'rm -rf "$WORK"' EXIT
 MODE_FLAG=""; [ "$MODE" = cpu ] && MODE_FLAG=--cpu
 echo "mode $MODE, data $DATA, output $OUT_DIR, $(date -u +%FT%TZ)" | tee "$OUT_DIR/summary.txt"
+[ -d "$DATA" ] || echo "warning: no MNIST folder $DATA: the train stage will fail (see the header for --data)"
 printf '%-11s %4s %8s %7s\n' stage rc seconds budget | tee -a "$OUT_DIR/summary.txt"
 failed=0
 began=$SECONDS
