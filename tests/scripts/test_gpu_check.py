@@ -3,9 +3,11 @@
 The whole dry run (``--cpu``, every stage) runs in CI after the tests (.ci/run); here only what is
 fast: the budgets it prints, and the runner on one or two quick stages, passing and failing.
 """
+import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,29 @@ def test_bad_arguments_are_one_line(arguments, fragment, tmp_path):
     done = gpu_check(*arguments, "--out", tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and fragment in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_compile_counter_wraps_cupys_compiler_and_puts_it_back(monkeypatch):
+    gpu_memory = load_benchmark("gpu_memory")
+    calls = []
+    original = lambda source: calls.append(source) or "module"  # noqa: E731 (stands for CuPy's compile)
+    compiler = types.SimpleNamespace(compile_with_cache=original)
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(compiler=compiler))
+    monkeypatch.setattr(gpu_memory.backend, "get_array_module", lambda device: fake_cupy)
+    with gpu_memory.count_compiles("gpu") as compiled:
+        assert compiler.compile_with_cache("a") == "module" and compiler.compile_with_cache("b") == "module"
+    assert len(compiled) == 2 and calls == ["a", "b"] and compiler.compile_with_cache is original
+    with gpu_memory.count_compiles("gpu") as compiled:
+        pass
+    assert compiled == []  # a warm step: nothing compiled, so the warm-up may end
+    fake_cupy.cuda = types.SimpleNamespace()  # a CuPy without the functions: not countable, never "none"
+    with gpu_memory.count_compiles("gpu") as compiled:
+        pass
+    assert compiled == [None]
