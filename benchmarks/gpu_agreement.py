@@ -4,7 +4,8 @@
 
 The candidate is the GPU (``--device gpu``: every .cu kernel through CuPy, the matmuls through
 cuBLAS) against the CPU as ``python -m minisdit.train`` runs it there (the kernels compiled as C++,
-``runtime.cpu_kernels()``, which the kernel tests hold to the NumPy references); or, with ``--device
+``runtime.cpu_kernels()``, which the kernel tests hold to the NumPy references; the references
+themselves where no C++ compiler is found); or, with ``--device
 cpu`` (the dry run of ``scripts/gpu_check.sh --cpu``), those compiled kernels against the NumPy
 references.  One step
 as the trainer takes it (``GaussianDiffusion.training_losses`` in train mode, then ``backward``), per
@@ -54,8 +55,10 @@ def one_step(config, dtype, batch: np.ndarray, device: str, compiled_cpu_kernels
 
 def compare(config, dtype, batch, device: str) -> dict:
     """Loss and worst gradient difference of the candidate route on ``device`` against the CPU reference."""
-    # the GPU against the CPU's fast route (the references loop over time in Python: minutes for `small`)
-    loss_ref, grads_ref = one_step(config, dtype, batch, "cpu", compiled_cpu_kernels=device == "gpu")
+    # the GPU against the CPU's fast route (the references loop over time in Python: minutes for `small`),
+    # where a C++ compiler is there to build it
+    fast_reference = device == "gpu" and runtime.cpu_compiler() is not None
+    loss_ref, grads_ref = one_step(config, dtype, batch, "cpu", compiled_cpu_kernels=fast_reference)
     loss, grads = one_step(config, dtype, batch, device, compiled_cpu_kernels=device == "cpu")
     worst, worst_name = 0.0, "-"
     for name, reference in grads_ref.items():
@@ -92,8 +95,12 @@ def main(argv=None) -> int:
         return 1
     config = dataclasses.replace(RECIPES[args.device], preset=args.preset, seed=args.seed)
     batch = random_batch(config, args.batch, args.seed)
-    route = ("GPU (CuPy) against the CPU kernels compiled as C++" if args.device == "gpu"
-             else "CPU kernels compiled as C++ against the CPU NumPy references")
+    if args.device == "cpu":
+        route = "CPU kernels compiled as C++ against the CPU NumPy references"
+    elif runtime.cpu_compiler() is not None:
+        route = "GPU (CuPy) against the CPU kernels compiled as C++"
+    else:
+        route = "GPU (CuPy) against the CPU NumPy references (no C++ compiler here for the CPU kernels: slower)"
     print(f"preset {args.preset}, batch {args.batch}: {route}")
     print(f"{'dtype':8} {'loss (reference)':>18} {'loss':>18} {'loss rel diff':>14} {'grad rel diff':>14}  worst parameter")
     failed = False

@@ -58,11 +58,10 @@ PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 # stage budgets in seconds (GPU: 20 + 110 + 50 + 60 + 100 + 140 = 480; the agreement stage compiles
-# every kernel in float64 too); the dry run's are generous
-# ceilings for tiny sizes on a slow, shared CPU
+# every kernel in float64 too); the dry run's are generous ceilings for tiny sizes on a shared CPU
 if [ "$MODE" = gpu ]; then
     BUDGET_env=20 BUDGET_tests=110 BUDGET_kernels=50 BUDGET_agreement=60 BUDGET_throughput=100 BUDGET_train=140
-    TRAIN_S=70 SAMPLE_S=25 EVALUATE_S=35  # inside the train stage: 70 + 25 + 35 + the data copy
+    TRAIN_S=65 SAMPLE_S=25 EVALUATE_S=35  # inside the train stage: 65 (+ 10 to save) + 25 + 35 + the data copy
 else
     BUDGET_env=30 BUDGET_tests=60 BUDGET_kernels=60 BUDGET_agreement=60 BUDGET_throughput=60 BUDGET_train=90
     TRAIN_S=12 SAMPLE_S=25 EVALUATE_S=40  # 12 s: the tiny run is cut by SIGTERM too, as on the GPU
@@ -147,11 +146,11 @@ stage_train() {
     # more steps than fit: `timeout` ends the run with SIGTERM, on which the trainer saves a checkpoint
     # (and one every 100 steps in case it cannot); the end-of-run grid is kept small so it never costs
     echo "== train for ${TRAIN_S} s"
-    timeout -k 15 "$TRAIN_S" "$PY" -m minisdit.train --dataset mnist "${train[@]}" --data-dir "$data_dir" \
+    timeout -k 10 "$TRAIN_S" "$PY" -m minisdit.train --dataset mnist "${train[@]}" --data-dir "$data_dir" \
         --out "$run" --ckpt-every 100 --log-every 50 --sample-every 1000000 --sample-num 4 --sample-steps 2 \
         --no-progress
     rc=$?
-    # 124: cut by SIGTERM, as planned; 137: still saving 15 s later, killed (the last --ckpt-every one stays)
+    # 124: cut by SIGTERM, as planned; 137: still saving 10 s later, killed (the last --ckpt-every one stays)
     if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo "(cut by the ${TRAIN_S} s budget, as planned: exit $rc)"
     elif [ $rc -ne 0 ]; then return $rc; fi
     [ -f "$run/checkpoint.safetensors" ] || { echo "error: the run left no checkpoint in $run"; return 1; }
