@@ -19,13 +19,46 @@ def without_cupy(monkeypatch):
     monkeypatch.setattr(backend, "_cupy_module", None)  # forget a CuPy imported by earlier tests
 
 
-def fake_cupy(device_count):
-    """A stand-in module for CuPy whose CUDA runtime reports ``device_count`` (or raises it)."""
+def fake_cupy(device_count=1, kernel=None, matmul=None):
+    """A stand-in module for CuPy, on NumPy arrays: its CUDA runtime reports ``device_count`` (or
+    raises it), its RawKernel runs ``kernel(x)`` (default: the probe's x += 1) and ``@`` runs
+    ``matmul(a, b)`` (default: NumPy's).  An Exception in place of either is raised by it."""
     def get_device_count():
         if isinstance(device_count, Exception):
             raise device_count
         return device_count
-    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count)))
+
+    def act(behaviour, default):
+        def run(*args):
+            if isinstance(behaviour, Exception):
+                raise behaviour
+            return (behaviour or default)(*args)
+        return run
+
+    class Array(np.ndarray):
+        def __matmul__(self, other):
+            return act(matmul, np.matmul)(np.asarray(self), np.asarray(other))
+
+    def raw_kernel(source, name):
+        assert "minisdit_probe" in source and name == "minisdit_probe"
+        compiled = act(kernel, lambda x: x.__iadd__(1))
+        return lambda grid, block, args: compiled(args[0])
+
+    return types.SimpleNamespace(
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count)),
+        float32=np.float32, int32=np.int32, RawKernel=raw_kernel,
+        zeros=lambda *a, **k: np.zeros(*a, **k).view(Array), ones=lambda *a, **k: np.ones(*a, **k).view(Array))
+
+
+@pytest.fixture
+def with_cupy(monkeypatch):
+    """Install ``fake_cupy(**behaviour)`` as the module ``cupy`` (nothing imported before counts)."""
+    def install(**behaviour):
+        module = fake_cupy(**behaviour)
+        monkeypatch.setitem(sys.modules, "cupy", module)
+        monkeypatch.setattr(backend, "_cupy_module", None)
+        return module
+    return install
 
 
 def assert_one_clear_line(error):
@@ -46,15 +79,14 @@ def test_gpu_without_cupy_says_how_to_install_it(without_cupy, ask):
     with pytest.raises(DeviceUnavailableError) as caught:
         ask()
     message = assert_one_clear_line(caught.value)
-    assert 'pip install -e ".[gpu]"' in message
+    assert 'pip install -e ".[gpu12]" (CUDA 12) or ".[gpu13]" (CUDA 13)' in message
     assert "needs CuPy" in message and "import of cupy halted" in message  # the real reason is shown
     assert isinstance(caught.value.__cause__, ImportError)      # and kept, not swallowed
     assert not backend.gpu_available()
 
 
-def test_cupy_without_a_reachable_gpu(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(RuntimeError("cudaErrorNoDevice: no CUDA-capable device")))
-    monkeypatch.setattr(backend, "_cupy_module", None)
+def test_cupy_without_a_reachable_gpu(with_cupy):
+    with_cupy(device_count=RuntimeError("cudaErrorNoDevice: no CUDA-capable device"))
     with pytest.raises(DeviceUnavailableError) as caught:
         backend.get_array_module("gpu")
     message = assert_one_clear_line(caught.value)
@@ -62,12 +94,54 @@ def test_cupy_without_a_reachable_gpu(monkeypatch):
     assert isinstance(caught.value.__cause__, RuntimeError)
 
 
-def test_cupy_with_zero_gpus(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(0))
-    monkeypatch.setattr(backend, "_cupy_module", None)
+def test_cupy_with_zero_gpus(with_cupy):
+    with_cupy(device_count=0)
     with pytest.raises(DeviceUnavailableError, match="none was found") as caught:
         backend.get_array_module("gpu")
     assert_one_clear_line(caught.value)
+
+
+class CompileException(Exception):
+    """Like cupy.cuda.compiler.CompileException: the message is NVRTC's log, several lines long."""
+
+
+def test_a_kernel_that_cannot_compile_is_one_line_naming_nvrtc(with_cupy):
+    log = "nvrtc: error: failed to open libnvrtc-builtins.so.12\nmake sure that libnvrtc-builtins.so.12 is installed"
+    with_cupy(kernel=CompileException(log + "\n" + "x" * 1000))
+    reason = backend.gpu_unavailable_reason()
+    assert "\n" not in reason and "needs NVRTC" in reason
+    assert "CompileException: nvrtc: error: failed to open libnvrtc-builtins.so.12 make sure" in reason  # the real reason
+    assert "x" * backend.MAX_REASON_CHARS not in reason and "xxx...)" in reason  # the log is cut
+    assert ".[gpu12]" in reason and "--device cpu" in reason
+    with pytest.raises(DeviceUnavailableError) as caught:
+        backend.get_array_module("gpu")
+    assert isinstance(caught.value.__cause__, CompileException) and str(caught.value.__cause__).endswith("x" * 1000)
+    assert not backend.gpu_available()
+
+
+def test_a_kernel_that_computes_wrongly_is_refused(with_cupy):
+    with_cupy(kernel=lambda x: x)  # launches, but writes nothing
+    reason = backend.gpu_unavailable_reason()
+    assert "\n" not in reason and "test kernel ran but computed 0 instead of 64" in reason
+
+
+def test_a_failing_gemm_is_one_line_naming_cublas(with_cupy):
+    with_cupy(matmul=RuntimeError("CUBLAS_STATUS_NOT_INITIALIZED"))
+    with pytest.raises(DeviceUnavailableError) as caught:
+        backend.get_array_module("gpu")
+    message = assert_one_clear_line(caught.value)
+    assert "needs cuBLAS" in message and "RuntimeError: CUBLAS_STATUS_NOT_INITIALIZED" in message
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    with_cupy(matmul=lambda a, b: 2 * np.matmul(a, b))
+    assert "a test GEMM computed 128 instead of 64" in backend.gpu_unavailable_reason()
+
+
+def test_a_working_gpu_is_probed_once_and_kept(with_cupy):
+    module = with_cupy()
+    assert backend.gpu_unavailable_reason() is None and backend.gpu_available()
+    assert backend.get_array_module("gpu") is module
+    module.RawKernel = None  # a second probe would fail: the checked module is kept instead
+    assert backend.get_array_module("gpu") is module
 
 
 @pytest.mark.parametrize("ask", [lambda: backend.get_array_module("tpu"), lambda: Tensor(np.zeros(2), device="cuda"),
