@@ -2,7 +2,8 @@
 //
 // minisdit's kernels give every thread an independent recurrence (one neuron, one (batch, channel)
 // pair) and use no shared memory or barriers, so running the threads one after another on the
-// CPU computes exactly what the GPU computes.  This header supplies the CUDA built-ins those
+// CPU computes what the GPU computes, up to float rounding (CuPy compiles with FMA contraction and
+// float32 flush-to-zero, so float32 results may differ in the last bits).  This header supplies the CUDA built-ins those
 // kernels use; minisdit/kernels/runtime.py (cpu_launcher_source) generates a launcher that loops over blocks and threads.
 #pragma once
 #include <cmath>

@@ -6,7 +6,8 @@
 // Every kernel runs one thread per element with a grid-stride loop, so neighbouring threads touch
 // neighbouring entries (coalesced loads and stores).  No shared memory and no barriers: every
 // thread's result depends only on its own entries, so the CPU run of this file (cuda_cpu_shim.h)
-// computes exactly what the GPU computes.
+// computes what the GPU computes, up to float rounding (FMA contraction and float32 flush-to-zero on
+// the GPU).
 //
 // The NumPy references that read like the equations are in minisdit/diffusion/fused_ops.py
 // (q_sample_reference, squared_error_reference, epsilon_mse_reference,

@@ -12,7 +12,8 @@ Every kernel follows one convention, checked when its source is parsed (``kernel
 
 * ``extern "C" __global__`` functions, one thread per independent recurrence in a grid-stride
   loop, no shared memory and no barriers (so running the threads one after another on the CPU
-  computes what the GPU computes);
+  computes what the GPU computes, up to float rounding: CuPy compiles with FMA contraction and
+  float32 flush-to-zero);
 * the arguments in the order **inputs** (``const scalar_t*``), **outputs** (``scalar_t*``),
   **sizes** (integers), **scalar parameters** (``scalar_t``/floating point), by value.
 
