@@ -250,9 +250,11 @@ def _save_figure(figure: Figure, path: Path) -> Path:
 def samples_figure(grids: list[tuple[str, np.ndarray]], path: Path) -> Path:
     """One PNG of every variant's sample grid side by side, each titled with its name.
     ``grids``: [(name, uint8 images (n, C, H, W))], one class per column."""
-    figure = Figure(figsize=(2.6 * len(grids), 3.2))
-    for axis, (name, images) in zip(np.atleast_1d(figure.subplots(1, len(grids))), grids):
-        grid = make_grid(images, columns=min(len(images), 10))
+    pictures = [(name, make_grid(images, columns=min(len(images), 10))) for name, images in grids]
+    width = 3.0  # inches per variant; the height follows the grids' shape, plus room for the titles
+    height = width * max(grid.shape[0] / grid.shape[1] for _, grid in pictures) + 0.5
+    figure = Figure(figsize=(width * len(pictures), height))
+    for axis, (name, grid) in zip(np.atleast_1d(figure.subplots(1, len(pictures))), pictures):
         axis.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
         axis.set_title(name, fontsize=9)
         axis.axis("off")
