@@ -218,6 +218,8 @@ def run(args) -> int:
     if checkpoint is None:  # the model's input and label table follow the data set (a resumed run checks them)
         config = dataclasses.replace(config, in_channels=int(images.shape[1]), input_size=int(images.shape[-1]),
                                      num_classes=data.dataset_spec(config.dataset).num_classes)
+    if variant_flags(config) != variant_flags({}):  # say which model is trained when it is not the paper's
+        print(f"model variant: {variant_flags(config)}", flush=True)
     # a bar needs a terminal; in a log file (nohup, CI) one line per logged step reads better
     trainer = Trainer(config, images, labels, out, progress=not args.no_progress and sys.stderr.isatty())
     if checkpoint is not None:

@@ -207,11 +207,11 @@ def training_record(out: Path) -> dict:
 # ----- the report -----
 
 COLUMNS = [  # (key in a row, heading, format)
-    ("name", "variant", "{}"), ("flags", "minisdit.train flags", "{}"), ("parameters", "parameters", "{:,}"),
+    ("name", "variant", "{}"), ("changes", "what it changes", "{}"), ("flags", "minisdit.train flags", "{}"), ("parameters", "parameters", "{:,}"),
     ("step", "steps", "{}"), ("images_per_second", "train img/s", "{:.1f}"), ("final_loss", "final loss", "{:.4f}"),
     ("fid_lenet", "FID_LeNet", "{:.2f}"), ("is_lenet", "IS (LeNet)", "{:.3f}"),
     ("label_accuracy", "LeNet reads the class", "{:.1%}"), ("mean_firing_rate", "mean firing rate", "{:.4f}"),
-    ("snn_energy_uj", "SNN energy (µJ)", "{:.3f}"), ("energy_ratio", "ANN / SNN energy", "{:.2f}"),
+    ("snn_energy_uj", "SNN energy (µJ)", "{:.3f}"), ("energy_ratio", "SNN / ANN energy", "{:.2f}"),
 ]
 
 

@@ -67,6 +67,8 @@ def test_the_table_and_the_json_hold_every_variant(finished):
     assert rows["no-spiking"]["mean firing rate"] == "n/a"  # no spiking layer to count
     assert rows["no-reconstruction"]["minisdit.train flags"] == "--no-reconstruction"
     assert rows["T8"]["minisdit.train flags"] == "--time-steps 8"
+    assert rows["default"]["what it changes"] == "the paper's model"
+    assert rows["no-spiking"]["what it changes"] == "every SN is the identity (an ANN)"
     # what was compared and how is stated
     assert "N = 10 samples" in markdown and "sampler ddpm, 2 steps" in markdown and "guidance (cfg) 8.0" in markdown
     assert "seed 5" in markdown and "budget 2 steps" in markdown
@@ -220,8 +222,10 @@ def test_bad_budgets_and_options_are_one_line(tmp_path, argv, fragments):
 @pytest.mark.skipif(model_accepts("attention") and model_accepts("spiking_embedding"),
                     reason="SDiT builds every default variant")
 def test_a_variant_this_model_lacks_fails_before_any_training(tmp_path):
-    code, _, stderr = run_cli(*FAST, "--variants", "default,softmax", "--out", tmp_path / "out")
-    assert_one_line_error(code, stderr, "needs SDiT(attention=...)", exit_code=1)
+    name, keyword = ("softmax", "attention") if not model_accepts("attention") else ("spiking-embedding",
+                                                                                      "spiking_embedding")
+    code, _, stderr = run_cli(*FAST, "--variants", f"default,{name}", "--out", tmp_path / "out")
+    assert_one_line_error(code, stderr, f"needs SDiT({keyword}=...)", exit_code=1)
     assert not (tmp_path / "out").exists()
 
 

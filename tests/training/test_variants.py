@@ -65,6 +65,7 @@ def test_each_variant_trains_samples_and_evaluates(tmp_path, flags, fields):
     out = tmp_path / "run"
     code, stdout, stderr = train_cli(*flags, "--steps", 2, "--out", out)
     assert code == 0, stderr
+    assert f"model variant: {' '.join(flags)}" in stdout.splitlines()
     config = json.loads((out / "config.json").read_text())
     assert {name: config[name] for name in fields} == fields
     ckpt = out / "checkpoint.safetensors"
