@@ -10,6 +10,11 @@ Everything random (initial weights, batch order, t, eps, label dropout) is deriv
 and a counter (see minisdit/training/trainer.py), so ``--resume`` continues an interrupted run exactly as if
 it had never stopped (bitwise on the CPU).
 
+The model is the paper's SDiT unless variant flags say otherwise (--no-reconstruction, --no-spiking,
+--time-steps K, --attention softmax, --spiking-embedding; the ablations of ``python -m minisdit.ablate``).
+The variant is part of the run's config, so --resume, minisdit.sample and minisdit.evaluate rebuild it
+from the checkpoint; asking --resume for another variant than the checkpoint's is a one-line error.
+
 The run folder (--out) receives config.json, log.jsonl (one JSON line per logged step),
 checkpoint.safetensors, samples_step*.png / samples_final.png and loss.png.  Ctrl-C or SIGTERM
 saves a checkpoint and says how to resume.  Errors are one line on stderr and a non-zero exit.
@@ -26,14 +31,15 @@ from ..autograd import backend
 from ..data import dataset_spec
 from ..models import PRESETS
 from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
-from ..training.config import FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES, TrainConfig
+from ..training.config import (ATTENTIONS, FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES,
+                               VARIANT_FIELDS, TrainConfig, check_variant, variant_flags)
 from ..training.trainer import CHECKPOINT_NAME, Trainer, TrainingError
 from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
 
 # fields of TrainConfig that are command-line options of the same name (--batch-size: batch_size)
 OPTIONS = ("dataset", "preset", "seed", "batch_size", "lr", "weight_decay", "warmup_steps", "lr_decay_fraction",
            "grad_clip", "ema", "mse_weighting", "max_mse_weight", "workers", "num_train",
-           "sample_every", "sample_steps", "sample_num", "cfg_scale", "ckpt_every", "log_every")
+           "sample_every", "sample_steps", "sample_num", "cfg_scale", "ckpt_every", "log_every") + VARIANT_FIELDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU processes that share each batch (default 2 on CPU; 1 on GPU, where it does not apply); "
                              "a run is reproducible for a given number of workers")
     parser.add_argument("--num-train", type=int, default=None, help="use only the first N training images (quick experiments)")
+    # the model variant (the ablations of issue 15); None: the recipe's (the paper's model), or on --resume the checkpoint's
+    variant = parser.add_argument_group("model variant (fixed for a run; --resume rebuilds the checkpoint's)")
+    variant.add_argument("--no-reconstruction", dest="reconstruction", action="store_const", const=False, default=None,
+                         help="no Reconstruction Module: no Reconstruction Token, no gate")
+    variant.add_argument("--no-spiking", dest="spiking", action="store_const", const=False, default=None,
+                         help="every SN is the identity: the same network as an ANN")
+    variant.add_argument("--time-steps", type=int, default=None, metavar="K", help="SNN time steps T of every LIF (default 4)")
+    variant.add_argument("--attention", choices=ATTENTIONS, default=None,
+                         help="rwkv (the paper's TimeMix; default) or softmax (standard multi-head self-attention)")
+    variant.add_argument("--spiking-embedding", dest="spiking_embedding", action="store_const", const=True, default=None,
+                         help="pass the patch tokens through SN right after the patch embedding (no ANN front end)")
     add_cpu_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal); print a line per logged step instead")
     return parser
@@ -80,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_arguments(args) -> None:
     """Refuse impossible values before anything is loaded (one-line ValueError)."""
     for name in ("batch_size", "steps", "epochs", "sample_every", "sample_num", "ckpt_every", "log_every", "num_train",
-                 "workers"):
+                 "workers", "time_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -109,6 +126,7 @@ def resolve_config(args, device: str) -> TrainConfig:
     """The config of a new run: the recipe of ``device`` with what the command line gives."""
     given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
     config = dataclasses.replace(RECIPES[device], **given)
+    check_variant(config)  # e.g. --attention softmax on a minisdit.models without it: one line before any data
     if args.steps is not None or args.epochs is not None:  # the length given replaces the recipe's
         config = dataclasses.replace(config, steps=args.steps, epochs=args.epochs)
     return config
@@ -121,7 +139,14 @@ def resumed_config(args, checkpoint: dict, device: str) -> TrainConfig:
         config = TrainConfig.from_dict(checkpoint["config"], source=f"checkpoint {path}")
     except ValueError as error:
         raise CheckpointError(str(error)) from error
+    asked = {name: getattr(args, name) for name in VARIANT_FIELDS if getattr(args, name) is not None}
+    if any(value != getattr(config, name) for name, value in asked.items()):
+        raise CheckpointError(f"checkpoint {path} holds the model of {variant_flags(config)}, not of {variant_flags(asked)}; "
+                              "drop the variant flags to resume it (--resume rebuilds its variant), "
+                              "or start a new run with another --out")
     for name in FIXED_ON_RESUME:
+        if name in VARIANT_FIELDS:
+            continue
         given = getattr(args, name, None)
         if given is not None and given != getattr(config, name):
             raise CheckpointError(f"checkpoint {path} was trained with --{name} {getattr(config, name)}, not {given}; "
@@ -193,6 +218,8 @@ def run(args) -> int:
     if checkpoint is None:  # the model's input and label table follow the data set (a resumed run checks them)
         config = dataclasses.replace(config, in_channels=int(images.shape[1]), input_size=int(images.shape[-1]),
                                      num_classes=data.dataset_spec(config.dataset).num_classes)
+    if variant_flags(config) != variant_flags({}):  # say which model is trained when it is not the paper's
+        print(f"model variant: {variant_flags(config)}", flush=True)
     # a bar needs a terminal; in a log file (nohup, CI) one line per logged step reads better
     trainer = Trainer(config, images, labels, out, progress=not args.no_progress and sys.stderr.isatty())
     if checkpoint is not None:

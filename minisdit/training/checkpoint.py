@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models import PRESETS
-from .config import TrainConfig, build_model
+from .config import VARIANT_FIELDS, TrainConfig, build_model, variant_flags
 
 FORMAT_VERSION = "minisdit-checkpoint-1"
 # the moments of a save that ``at_point`` hears of, in order; before "after-rename" the path still
@@ -217,8 +217,12 @@ def check_compatible(checkpoint: dict, model, path) -> None:
                               f"{detail}); build the model with the checkpoint's preset and dataset")
 
 
-def load_model(path, device: str = "cpu", use_ema: bool = True):
-    """The model saved in a training checkpoint (its EMA weights when present and ``use_ema``).
+def load_model(path, device: str = "cpu", use_ema: bool = True, variant: dict | None = None):
+    """The model saved in a training checkpoint (its EMA weights when present and ``use_ema``), rebuilt
+    as the variant its config records (reconstruction, spiking, time_steps, attention, spiking_embedding).
+
+    ``variant``: the variant fields the caller expects ({"reconstruction": False}, say); a checkpoint
+    of another variant is refused with a one-line CheckpointError instead of being used as this one.
 
     Returns (model in eval mode on ``device``, the checkpoint dict); ``checkpoint["train_config"]`` is
     the run's ``TrainConfig`` (``build_diffusion`` of it gives the diffusion the model was trained on),
@@ -231,7 +235,17 @@ def load_model(path, device: str = "cpu", use_ema: bool = True):
     if config.preset not in PRESETS:
         raise CheckpointError(f"checkpoint {path} names an unknown preset {config.preset!r} (known: {', '.join(PRESETS)}); "
                               "pass a checkpoint written by minisdit.train")
-    model = build_model(config)
+    if variant is not None:
+        unknown = sorted(set(variant) - set(VARIANT_FIELDS))
+        if unknown:
+            raise ValueError(f"load_model(variant=...) takes the fields {', '.join(VARIANT_FIELDS)}, not {', '.join(unknown)}")
+        if any(getattr(config, name) != value for name, value in variant.items()):
+            raise CheckpointError(f"checkpoint {path} holds the model of {variant_flags(config)}, not of "
+                                  f"{variant_flags(variant)}; pass a checkpoint of that variant")
+    try:
+        model = build_model(config)
+    except ValueError as error:  # a variant this version cannot build
+        raise CheckpointError(f"checkpoint {path} cannot be rebuilt: {error}") from error
     check_compatible(checkpoint, model, path)
     which = "ema" if use_ema and checkpoint["ema"] is not None else "model"
     model.load_state_dict(checkpoint[which])

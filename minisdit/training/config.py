@@ -10,15 +10,17 @@ stay as they were; every other field may be changed and the run goes on with the
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass
 
 from ..diffusion import GaussianDiffusion
-from ..models import sdit_from_preset
+from ..models import SDiT, sdit_from_preset
 
 NUM_TIMESTEPS = 1000  # the diffusion's length T (docs/DESIGN.md §4)
 MAX_MSE_WEIGHT = 30.0  # the cap of the truncated-SNR ε-MSE weights (docs/decisions.md)
 MSE_WEIGHTINGS = ("uniform", "truncated-snr")
+ATTENTIONS = ("rwkv", "softmax")  # TimeMix (the paper) or standard multi-head self-attention (issue 15)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class TrainConfig:
     input_size: int = 28
     num_classes: int = 10
     num_timesteps: int = NUM_TIMESTEPS
+    # the model variant (the ablations; the defaults are the paper's model, docs/DESIGN.md §1): fixed too
+    reconstruction: bool = True  # False: no Reconstruction Token, no gate
+    spiking: bool = True  # False: every SN is the identity (an ANN)
+    time_steps: int = 4  # T, the SNN time steps of every LIF
+    attention: str = "rwkv"  # or "softmax"
+    spiking_embedding: bool = False  # True: the patch tokens pass through SN before the first block
     # how it is trained; the length is `steps` optimizer steps, or `epochs` passes when steps is None
     device: str = "gpu"
     seed: int = 0
@@ -94,13 +102,60 @@ CPU_RECIPE = dataclasses.replace(
 RECIPES = {"gpu": GPU_RECIPE, "cpu": CPU_RECIPE}
 
 # what a resumed run must share with its checkpoint: the model's shape, the data and the diffusion
-FIXED_ON_RESUME = ("dataset", "preset", "in_channels", "input_size", "num_classes", "num_timesteps")
+VARIANT_FIELDS = ("reconstruction", "spiking", "time_steps", "attention", "spiking_embedding")
+FIXED_ON_RESUME = ("dataset", "preset", "in_channels", "input_size", "num_classes", "num_timesteps") + VARIANT_FIELDS
+# the variant fields that are SDiT keywords of their own name (time_steps is SDiT's T)
+_NEW_MODEL_KEYWORDS = {"attention": "rwkv", "spiking_embedding": False}
+
+
+def model_accepts(keyword: str) -> bool:
+    """Whether this version's ``SDiT`` takes ``keyword`` (``attention`` and ``spiking_embedding`` are added
+    by issue 15's model side; until then only the variants that exist can be built)."""
+    return keyword in inspect.signature(SDiT.__init__).parameters
+
+
+def variant_flags(values) -> str:
+    """The ``python -m minisdit.train`` flags that select the variant of ``values`` (a TrainConfig or a
+    dict of some VARIANT_FIELDS); for the paper's model: "the paper's model (no variant flags)"."""
+    get = values.get if isinstance(values, dict) else lambda name, default=None: getattr(values, name, default)
+    default = TrainConfig()
+    flags = []
+    if get("reconstruction", True) is False:
+        flags.append("--no-reconstruction")
+    if get("spiking", True) is False:
+        flags.append("--no-spiking")
+    if get("time_steps", default.time_steps) != default.time_steps:
+        flags.append(f"--time-steps {get('time_steps')}")
+    if get("attention", default.attention) != default.attention:
+        flags.append(f"--attention {get('attention')}")
+    if get("spiking_embedding", False) is True:
+        flags.append("--spiking-embedding")
+    return " ".join(flags) or "the paper's model (no variant flags)"
+
+
+def check_variant(config: TrainConfig) -> None:
+    """Refuse a variant that cannot be built (one-line ValueError)."""
+    if config.attention not in ATTENTIONS:
+        raise ValueError(f"unknown attention {config.attention!r}; choose one of {', '.join(ATTENTIONS)}")
+    if isinstance(config.time_steps, bool) or not isinstance(config.time_steps, int) or config.time_steps < 1:
+        raise ValueError(f"--time-steps must be a positive integer (the SNN time steps T), got {config.time_steps}")
+    for keyword, default in _NEW_MODEL_KEYWORDS.items():
+        if getattr(config, keyword) != default and not model_accepts(keyword):
+            flag = variant_flags({keyword: getattr(config, keyword)})
+            raise ValueError(f"{flag} needs SDiT({keyword}=...), which this version of minisdit.models does not have; "
+                             "drop the flag or update minisdit")
 
 
 def build_model(config: TrainConfig):
-    """The SDiT a run with ``config`` trains, initialised from its seed (on the CPU)."""
+    """The SDiT a run with ``config`` trains (its variant), initialised from its seed (on the CPU)."""
+    check_variant(config)
+    options = dict(reconstruction=config.reconstruction, spiking=config.spiking, T=config.time_steps)
+    # the keywords the model side adds are passed only when they differ from the paper's model, so
+    # that a default run builds on a minisdit.models without them
+    options.update({keyword: getattr(config, keyword) for keyword, default in _NEW_MODEL_KEYWORDS.items()
+                    if getattr(config, keyword) != default})
     return sdit_from_preset(config.preset, in_channels=config.in_channels, num_classes=config.num_classes,
-                            input_size=config.input_size, seed=config.seed)
+                            input_size=config.input_size, seed=config.seed, **options)
 
 
 def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
