@@ -126,7 +126,7 @@ def resolve_config(args, device: str) -> TrainConfig:
     """The config of a new run: the recipe of ``device`` with what the command line gives."""
     given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
     config = dataclasses.replace(RECIPES[device], **given)
-    check_variant(config)  # e.g. --attention softmax on a minisdit.models without it: one line before any data
+    check_variant(config)  # a bad variant gives one line before any data is loaded
     if args.steps is not None or args.epochs is not None:  # the length given replaces the recipe's
         config = dataclasses.replace(config, steps=args.steps, epochs=args.epochs)
     return config

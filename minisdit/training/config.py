@@ -10,12 +10,11 @@ stay as they were; every other field may be changed and the run goes on with the
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from dataclasses import dataclass
 
 from ..diffusion import GaussianDiffusion
-from ..models import SDiT, sdit_from_preset
+from ..models import sdit_from_preset
 
 NUM_TIMESTEPS = 1000  # the diffusion's length T (docs/DESIGN.md §4)
 MAX_MSE_WEIGHT = 30.0  # the cap of the truncated-SNR ε-MSE weights (docs/decisions.md)
@@ -104,16 +103,6 @@ RECIPES = {"gpu": GPU_RECIPE, "cpu": CPU_RECIPE}
 # what a resumed run must share with its checkpoint: the model's shape, the data and the diffusion
 VARIANT_FIELDS = ("reconstruction", "spiking", "time_steps", "attention", "spiking_embedding")
 FIXED_ON_RESUME = ("dataset", "preset", "in_channels", "input_size", "num_classes", "num_timesteps") + VARIANT_FIELDS
-# the variant fields that are SDiT keywords of their own name (time_steps is SDiT's T)
-_NEW_MODEL_KEYWORDS = {"attention": "rwkv", "spiking_embedding": False}
-
-
-def model_accepts(keyword: str) -> bool:
-    """Whether this version's ``SDiT`` takes ``keyword`` (``attention`` and ``spiking_embedding`` are added
-    by issue 15's model side; until then only the variants that exist can be built)."""
-    return keyword in inspect.signature(SDiT.__init__).parameters
-
-
 def variant_flags(values) -> str:
     """The ``python -m minisdit.train`` flags that select the variant of ``values`` (a TrainConfig or a
     dict of some VARIANT_FIELDS); for the paper's model: "the paper's model (no variant flags)"."""
@@ -139,23 +128,15 @@ def check_variant(config: TrainConfig) -> None:
         raise ValueError(f"unknown attention {config.attention!r}; choose one of {', '.join(ATTENTIONS)}")
     if isinstance(config.time_steps, bool) or not isinstance(config.time_steps, int) or config.time_steps < 1:
         raise ValueError(f"--time-steps must be a positive integer (the SNN time steps T), got {config.time_steps}")
-    for keyword, default in _NEW_MODEL_KEYWORDS.items():
-        if getattr(config, keyword) != default and not model_accepts(keyword):
-            flag = variant_flags({keyword: getattr(config, keyword)})
-            raise ValueError(f"{flag} needs SDiT({keyword}=...), which this version of minisdit.models does not have; "
-                             "drop the flag or update minisdit")
 
 
 def build_model(config: TrainConfig):
     """The SDiT a run with ``config`` trains (its variant), initialised from its seed (on the CPU)."""
     check_variant(config)
-    options = dict(reconstruction=config.reconstruction, spiking=config.spiking, T=config.time_steps)
-    # the keywords the model side adds are passed only when they differ from the paper's model, so
-    # that a default run builds on a minisdit.models without them
-    options.update({keyword: getattr(config, keyword) for keyword, default in _NEW_MODEL_KEYWORDS.items()
-                    if getattr(config, keyword) != default})
     return sdit_from_preset(config.preset, in_channels=config.in_channels, num_classes=config.num_classes,
-                            input_size=config.input_size, seed=config.seed, **options)
+                            input_size=config.input_size, seed=config.seed, reconstruction=config.reconstruction,
+                            spiking=config.spiking, T=config.time_steps, attention=config.attention,
+                            spiking_embedding=config.spiking_embedding)
 
 
 def build_diffusion(config: TrainConfig) -> GaussianDiffusion:

@@ -17,7 +17,7 @@ from PIL import Image
 from minisdit import data
 from minisdit.cli import ablate
 from minisdit.training import ablation
-from minisdit.training.config import CPU_RECIPE, model_accepts
+from minisdit.training.config import CPU_RECIPE
 from minisdit.training.trainer import Trainer
 from tests.helpers import assert_one_line_error, run_main
 from tests.training.test_train import assert_bitwise_equal_checkpoints, fake_dataset
@@ -219,22 +219,7 @@ def test_bad_budgets_and_options_are_one_line(tmp_path, argv, fragments):
     assert_one_line_error(code, stderr, *fragments, exit_code=1)
 
 
-@pytest.mark.skipif(model_accepts("attention") and model_accepts("spiking_embedding"),
-                    reason="SDiT builds every default variant")
-def test_a_variant_this_model_lacks_fails_before_any_training(tmp_path):
-    name, keyword = ("softmax", "attention") if not model_accepts("attention") else ("spiking-embedding",
-                                                                                      "spiking_embedding")
-    code, _, stderr = run_cli(*FAST, "--variants", f"default,{name}", "--out", tmp_path / "out")
-    assert_one_line_error(code, stderr, f"needs SDiT({keyword}=...)", exit_code=1)
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("name, keyword", [
-    pytest.param("softmax", "attention", marks=pytest.mark.skipif(
-        not model_accepts("attention"), reason="needs SDiT(attention=...) (issue 15, model side)")),
-    pytest.param("spiking-embedding", "spiking_embedding", marks=pytest.mark.skipif(
-        not model_accepts("spiking_embedding"), reason="needs SDiT(spiking_embedding=...) (issue 15, model side)")),
-])
+@pytest.mark.parametrize("name, keyword", [("softmax", "attention"), ("spiking-embedding", "spiking_embedding")])
 def test_the_new_variants_train_and_evaluate(tmp_path, name, keyword):
     out = tmp_path / "out"
     code, _, stderr = run_cli(*FAST, "--variants", f"default,{name}", "--out", out)

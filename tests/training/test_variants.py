@@ -3,11 +3,9 @@ config records it, --resume rebuilds it exactly, and a checkpoint of one variant
 another gives one line.
 
 Runs use the tiny preset on 12 fake 28x28 images (as tests/training/test_train.py), batch 4, one
-process, 2 steps.  The variants whose model keywords are not in this minisdit.models yet
-(``attention``, ``spiking_embedding``) are skipped with "needs SDiT(...)" and run once they exist.
+process, 2 steps.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,16 +14,12 @@ from minisdit import data
 from minisdit.cli import evaluate, sample, train
 from minisdit.models import sdit_from_preset
 from minisdit.training.checkpoint import CheckpointError, load_checkpoint, load_model
-from minisdit.training.config import CPU_RECIPE, VARIANT_FIELDS, TrainConfig, build_model, model_accepts
+from minisdit.training.config import CPU_RECIPE, VARIANT_FIELDS, TrainConfig, build_model
 from tests.helpers import assert_one_line_error, assert_one_line_message, run_main
 from tests.training.test_train import assert_bitwise_equal_checkpoints, fake_dataset
 
 FAST = ["--batch-size", "4", "--workers", "1", "--seed", "5", "--sample-steps", "2", "--sample-num", "2",
         "--sample-every", "1000", "--ckpt-every", "1000", "--log-every", "1", "--no-progress"]
-
-
-def needs_model_keyword(keyword):
-    return pytest.mark.skipif(not model_accepts(keyword), reason=f"needs SDiT({keyword}=...) (issue 15, model side)")
 
 
 # (flags, the config fields they set, what the rebuilt model shows of it)
@@ -34,10 +28,8 @@ VARIANTS = [
     pytest.param(["--no-spiking"], {"spiking": False}, id="no-spiking"),
     pytest.param(["--time-steps", "1"], {"time_steps": 1}, id="T1"),
     pytest.param(["--time-steps", "8"], {"time_steps": 8}, id="T8"),
-    pytest.param(["--attention", "softmax"], {"attention": "softmax"}, id="softmax",
-                 marks=needs_model_keyword("attention")),
-    pytest.param(["--spiking-embedding"], {"spiking_embedding": True}, id="spiking-embedding",
-                 marks=needs_model_keyword("spiking_embedding")),
+    pytest.param(["--attention", "softmax"], {"attention": "softmax"}, id="softmax"),
+    pytest.param(["--spiking-embedding"], {"spiking_embedding": True}, id="spiking-embedding"),
 ]
 
 
@@ -156,9 +148,3 @@ def test_bad_variant_flags_are_one_line(tmp_path, argv, code, fragments):
     returned, _, stderr = train_cli(*argv, "--out", tmp_path / "run")
     assert_one_line_error(returned, stderr, *fragments)
     assert returned == code and not (tmp_path / "run").exists()
-
-
-@pytest.mark.skipif(model_accepts("attention"), reason="SDiT(attention=...) exists: the flag builds it")
-def test_a_variant_this_model_lacks_is_one_line(tmp_path):
-    code, _, stderr = train_cli("--attention", "softmax", "--out", tmp_path / "run")
-    assert_one_line_error(code, stderr, "--attention softmax needs SDiT(attention=...)", "drop the flag")
