@@ -107,11 +107,17 @@ def energy_report(model, diffusion, device: str) -> dict:
     tokens, d = 2 * model.num_tokens if model.reconstruction else model.num_tokens, model.hidden_size
     # Each SN output is added to the residual stream and feeds the next LayerNorm'd projections. The
     # spiking-transformer convention (Spikformer, SDiT) counts the projections after each SN as
-    # spike-driven: TimeMix's SN feeds ChannelMix's key/receptance (D->4D, D->D), ChannelMix's SN feeds the
-    # next block's four TimeMix projections (4 x D->D).
+    # spike-driven: the attention's SN feeds ChannelMix's key/receptance (D->4D, D->D), ChannelMix's SN
+    # feeds the next block's four attention projections (4 x D->D: TimeMix's or softmax attention's),
+    # and the spiking embedding's SN (``x_neuron``, on the patch tokens) the first block's four.
     layers = []
     for name, rate in rates.items():
-        macs = linear_macs(tokens, d, 5 * d) if name.endswith("att_neuron") else linear_macs(tokens, d, 4 * d)
+        if name.endswith("att_neuron"):
+            macs = linear_macs(tokens, d, 5 * d)
+        elif name == "x_neuron":
+            macs = linear_macs(model.num_tokens - 1, d, 4 * d)
+        else:
+            macs = linear_macs(tokens, d, 4 * d)
         layers.append((name, rate, macs))
     total_macs = count_macs(model)
     spike_fed = sum(m for _, _, m in layers)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..autograd import nn
 from ..autograd.tensor import no_grad
+from ..models.attention import SelfAttention
 
 ENERGY_PER_MAC_PJ = 4.6
 ENERGY_PER_AC_PJ = 0.9
@@ -44,7 +45,9 @@ def conv2d_macs(out_height: int, out_width: int, in_channels: int, out_channels:
 def forward_macs(model, *inputs) -> int:
     """MACs of ``model(*inputs)`` per sample: the sum over every call of a Linear or Conv2d module in
     that forward pass, each counted with the shapes it really saw (``linear_macs`` with its number
-    of input vectors, ``conv2d_macs`` with its output size), divided by the batch size.
+    of input vectors, ``conv2d_macs`` with its output size), and of every softmax ``SelfAttention`` the
+    two products Q K^T and P V (2 L^2 D for L tokens of width D: the heads split D), divided by the
+    batch size.  (RWKV's WKV recurrence is elementwise, O(L D): no MACs of this kind.)
 
     Why a recorded pass: the tokens each layer sees (the doubled sequence of a block with the
     Reconstruction Token, one vector for the timestep MLP, ...) are then the model's own, not a
@@ -55,7 +58,10 @@ def forward_macs(model, *inputs) -> int:
     def recording(module, forward):
         def forward_and_count(x, *args, **kwargs):
             out = forward(x, *args, **kwargs)
-            if isinstance(module, nn.Linear):
+            if isinstance(module, SelfAttention):
+                batch, length, dim = x.shape
+                counted.append(2 * batch * length * length * dim)
+            elif isinstance(module, nn.Linear):
                 counted.append(linear_macs(np.prod(x.shape[:-1], dtype=np.int64), module.in_features,
                                            module.out_features))
             else:
@@ -65,7 +71,7 @@ def forward_macs(model, *inputs) -> int:
             return out
         return forward_and_count
 
-    layers = [module for module in model.modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
+    layers = [module for module in model.modules() if isinstance(module, (nn.Linear, nn.Conv2d, SelfAttention))]
     was_training = model.training
     try:
         for module in layers:  # an instance attribute shadows the class's forward for this pass only

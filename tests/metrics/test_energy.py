@@ -1,4 +1,5 @@
 """Energy estimate: AC/MAC accounting on a hand-computed example, and the input checks."""
+import numpy as np
 import pytest
 
 from minisdit.metrics import ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ, conv2d_macs, estimate_energy, linear_macs
@@ -71,3 +72,24 @@ def test_forward_macs_counts_every_call_with_the_shapes_it_saw():
     for batch in (1, 3):
         assert forward_macs(toy, np.zeros((batch, 2, 6, 6), np.float32)) == expected
     assert "forward" not in toy.linear.__dict__ and "forward" not in toy.conv.__dict__
+
+
+def test_softmax_attention_adds_its_two_products_to_the_forward_macs():
+    """QK^T and PV cost 2 L^2 D per block (L tokens, Reconstruction Tokens included); the four
+    projections are the same D x D Linears as TimeMix's, so that is the whole difference."""
+    from minisdit.metrics.energy import forward_macs
+    from minisdit.models import sdit_from_preset
+
+    def macs(**variant):
+        model = sdit_from_preset("tiny", **variant)
+        image = np.zeros((1, 1, 28, 28), np.float32)
+        return forward_macs(model, image, np.zeros(1, np.int64), np.zeros(1, np.int64)), model
+
+    rwkv, model = macs()
+    softmax, _ = macs(attention="softmax")
+    blocks = len(model.in_blocks) + 1 + len(model.out_blocks)
+    length = 2 * model.num_tokens
+    assert softmax - rwkv == blocks * 2 * length * length * model.hidden_size
+    no_recon_rwkv, model = macs(reconstruction=False)
+    no_recon_softmax, _ = macs(reconstruction=False, attention="softmax")
+    assert no_recon_softmax - no_recon_rwkv == blocks * 2 * model.num_tokens ** 2 * model.hidden_size
