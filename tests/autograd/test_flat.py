@@ -134,3 +134,19 @@ def test_one_dtype_per_buffer_is_asked_for_in_one_line():
     with pytest.raises(ValueError, match=r"flat buffers hold one dtype on one device.*cast the model") as error:
         FlatParameters(params)
     assert "\n" not in str(error.value)
+
+
+def test_the_cpu_blocks_change_no_bit():
+    from minisdit.autograd.optim import CPU_BLOCK, adamw_step_blocked, ema_update_blocked
+    rng = np.random.default_rng(5)
+    n = 3 * CPU_BLOCK + 5  # several blocks and a short last one
+    whole = [rng.standard_normal(n).astype(np.float32) for _ in range(4)]
+    whole[3] = np.abs(whole[3])
+    blocked = [a.copy() for a in whole]
+    for step in (1, 2, 3):
+        adamw_step_reference(*whole, 1e-3, 0.9, 0.999, 1e-8, 0.01, step)
+        adamw_step_blocked(*blocked, 1e-3, 0.9, 0.999, 1e-8, 0.01, step)
+        ema_update_reference(whole[2], whole[0], 0.99)
+        ema_update_blocked(blocked[2], blocked[0], 0.99)
+    for a, b in zip(whole, blocked):
+        np.testing.assert_array_equal(a, b)
