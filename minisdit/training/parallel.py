@@ -82,10 +82,6 @@ class DataParallel:
         # terminates daemons and then joins them, would wait forever: close them first
         atexit.register(self.close)
 
-    @property
-    def parameters(self):
-        return self.flat.params
-
     def _serve(self, connection, index):
         # Ctrl-C and a SIGTERM to the process group reach every worker: the trainer's process decides
         # (it finishes the step, saves and closes the workers); a worker just finishes its slice
