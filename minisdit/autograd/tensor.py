@@ -65,6 +65,21 @@ def unbroadcast(grad, shape):
     return grad.reshape(shape)
 
 
+def _accumulate(tensor, grad):
+    """``tensor.grad + grad`` (or ``grad`` for a first gradient); for a parameter of a flat buffer
+    (autograd/flat.py) written into its gradient view, so that the buffer stays the gradients."""
+    view = tensor._grad_view
+    if view is None:
+        return grad if tensor.grad is None else tensor.grad + grad
+    if tensor.grad is None:
+        view[...] = grad
+    elif tensor.grad is view:
+        view += grad
+    else:  # a gradient assigned by hand
+        view[...] = tensor.grad + grad
+    return view
+
+
 class Function:
     """One node of the graph.  Subclasses implement ``forward(*arrays)`` and ``backward(grad)``.
 
@@ -127,6 +142,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.creator: Function | None = None
         self._retain_grad = False
+        self._grad_view = None  # this parameter's slice of a flat gradient buffer (autograd/flat.py)
 
     # ----- properties -----
     @property
@@ -208,7 +224,7 @@ class Tensor:
             if grad is None:
                 continue
             if tensor.creator is None or tensor._retain_grad:
-                tensor.grad = grad if tensor.grad is None else tensor.grad + grad
+                tensor.grad = _accumulate(tensor, grad)
             function = tensor.creator
             if function is None:
                 continue

@@ -1,6 +1,6 @@
 """The kernel workflow of llm.c's ``dev/cuda``, one module per kernel file (docs/DESIGN.md §7).
 
-Each of ``lif``, ``wkv`` and ``ddpm_loss`` puts in one place
+Each of ``lif``, ``wkv``, ``ddpm_loss`` and ``optim`` puts in one place
 
 * which NumPy reference the kernels of ``minisdit/kernels/<name>.cu`` must match (``REFERENCE``),
 * ``variants()``: every set of defines the library compiles the file with (the NVRTC check),
@@ -14,8 +14,8 @@ command lines over ``benchmark``.  This package sits at the top of the layers, n
 ``minisdit.cli``, because the references live in ``snn``, ``rwkv`` and ``diffusion``, which are
 above ``minisdit.kernels``.
 """
-from . import ddpm_loss, lif, wkv
+from . import ddpm_loss, lif, optim, wkv
 
-KERNEL_CHECKS = {"lif": lif, "wkv": wkv, "ddpm_loss": ddpm_loss}
+KERNEL_CHECKS = {"lif": lif, "wkv": wkv, "ddpm_loss": ddpm_loss, "optim": optim}
 
-__all__ = ["KERNEL_CHECKS", "ddpm_loss", "lif", "wkv"]
+__all__ = ["KERNEL_CHECKS", "ddpm_loss", "lif", "optim", "wkv"]

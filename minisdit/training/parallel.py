@@ -10,9 +10,10 @@ How, in one step with W processes (the trainer's own process is worker 0):
 - worker i computes the mean loss of its slice, scaled by n_i / N, and its gradients.  Because the
   batch loss is the mean over samples, (1/N) Σ_n ℓ_n = Σ_i (n_i/N) mean_{n in slice i} ℓ_n, so the
   sum of the workers' gradients is the gradient of the whole batch;
-- the parameters live in one shared memory block that every forked worker maps, so the optimizer
-  step of the trainer is seen by all workers without copying; the workers write their gradients
-  into a second shared block and the trainer adds them to its own.
+- the parameters' flat buffer (minisdit/autograd/flat.py) is moved into one shared memory block
+  that every forked worker maps, so the optimizer step of the trainer is seen by all workers
+  without copying; each worker copies its flat gradient buffer into a shared block of its own
+  (one copy), and the trainer adds those blocks to its flat gradient buffer (one sum per worker).
 
 The result depends on W only through the order of floating-point sums (the slices are summed
 in a fixed order), so a run is reproducible for a given W, and resuming it is exact.
@@ -41,42 +42,32 @@ class SharedBlock:
         self._map = mmap.mmap(-1, max(1, size * itemsize))
         self.array = np.frombuffer(self._map, dtype=dtype, count=size)
 
-    def views(self, shapes):
-        """One view per shape, laid end to end."""
-        out, offset = [], 0
-        for shape in shapes:
-            size = int(np.prod(shape))
-            out.append(self.array[offset:offset + size].reshape(shape))
-            offset += size
-        return out
-
 
 class WorkerError(RuntimeError):
     pass
 
 
 class DataParallel:
-    """Workers 1..W-1 as forked processes; ``slice_gradients`` is worker 0 (the caller).
+    """Workers 1..W-1 as forked processes; ``run`` computes slice 0 itself (worker 0, the caller).
 
-    ``compute(arrays) -> (values, gradients)``: the loss terms (a 1-d float64 array) and one gradient
-    per parameter (None where a parameter got none) for one slice of the batch.  It runs in every
-    worker with that worker's copy of the model, whose parameters are views of the shared block.
+    ``flat``: the model's ``FlatParameters`` (``optimizer.flat``).  ``compute(arrays) -> (values,
+    gradients)``: the loss terms (a 1-d float64 array) of one slice of the batch, with its gradients
+    left in the parameters' ``.grad`` (autograd writes them into ``flat.grad``; the returned list is
+    not used).  It runs in every worker with that worker's copy of the model, whose parameters are
+    views of the shared block.
     """
 
-    def __init__(self, parameters, compute, workers: int):
+    def __init__(self, flat, compute, workers: int):
         if workers < 2:
             raise ValueError(f"data parallelism needs at least 2 workers, got {workers}")
-        self.parameters, self.compute, self.workers = list(parameters), compute, workers
-        if any(p.data.dtype != np.float32 for p in self.parameters):
+        self.flat, self.compute, self.workers = flat, compute, workers
+        if flat.dtype != np.float32:
             raise ValueError("CPU data parallelism shares float32 parameters; the model holds another dtype")
-        shapes = [p.data.shape for p in self.parameters]
-        total = sum(int(np.prod(s)) for s in shapes)
-        self.weights_block = SharedBlock(total)
-        self.shared_weights = self.weights_block.views(shapes)
-        self.attach()
+        flat.attach()
+        self.weights_block = SharedBlock(flat.numel)
+        flat.relocate(self.weights_block.array)
         # one gradient block per worker, so their sums are added in a fixed order
-        self.gradient_blocks = [SharedBlock(total) for _ in range(workers - 1)]
-        self.shared_gradients = [block.views(shapes) for block in self.gradient_blocks]
+        self.gradient_blocks = [SharedBlock(flat.numel) for _ in range(workers - 1)]
         context = multiprocessing.get_context("fork")
         self.connections, self.processes = [], []
         for index in range(1, workers):
@@ -91,19 +82,12 @@ class DataParallel:
         # terminates daemons and then joins them, would wait forever: close them first
         atexit.register(self.close)
 
-    def attach(self):
-        """Make every parameter a view of the shared block (again, if something replaced its array)."""
-        for parameter, view in zip(self.parameters, self.shared_weights):
-            if parameter.data is not view:
-                view[...] = parameter.data
-                parameter.data = view
-
     def _serve(self, connection, index):
         # Ctrl-C and a SIGTERM to the process group reach every worker: the trainer's process decides
         # (it finishes the step, saves and closes the workers); a worker just finishes its slice
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        gradients_out = self.shared_gradients[index - 1]
+        gradients_out = self.gradient_blocks[index - 1].array
         while True:
             try:
                 arrays = connection.recv()
@@ -112,22 +96,19 @@ class DataParallel:
             if arrays is None:
                 return
             try:
-                values, gradients = self.compute(arrays)
-                for out, gradient in zip(gradients_out, gradients):
-                    if gradient is None:
-                        out[...] = 0.0
-                    else:
-                        out[...] = gradient
+                values, _ = self.compute(arrays)
+                self.flat.gather_grads()  # zeros for a parameter this slice gave no gradient
+                gradients_out[...] = self.flat.grad
                 connection.send(("ok", values))
             except Exception as error:  # reported to the trainer, which raises it with its own message
                 connection.send(("error", f"{type(error).__name__}: {error}"))
 
     def run(self, slices):
         """Compute every slice (slices[0] here, the rest in the workers); return the summed values
-        and leave the summed gradients in the parameters' ``.grad``."""
+        and leave the summed gradients in ``flat.grad`` (every parameter's ``.grad`` its view)."""
         if len(slices) != self.workers:
             raise ValueError(f"expected {self.workers} slices, got {len(slices)}")
-        self.attach()
+        self.flat.attach()  # a loaded state dict assigned new arrays: copy them into the shared block
         failures, sent = [], []
         for connection, process, arrays in zip(self.connections, self.processes, slices[1:]):
             try:
@@ -137,7 +118,7 @@ class DataParallel:
                 sent.append(False)
                 failures.append(f"worker process {process.pid} is gone (exit code {process.exitcode})")
         try:
-            values, gradients = self.compute(slices[0])
+            values, _ = self.compute(slices[0])
         except BaseException:  # e.g. Ctrl-C here: collect the workers' answers so none is read as the next one
             for connection, was_sent in zip(self.connections, sent):
                 if was_sent:
@@ -146,8 +127,9 @@ class DataParallel:
                     except (EOFError, OSError):
                         pass
             raise
+        self.flat.gather_grads()
         total = np.array(values, dtype=np.float64)
-        for connection, process, shared, was_sent in zip(self.connections, self.processes, self.shared_gradients, sent):
+        for connection, process, block, was_sent in zip(self.connections, self.processes, self.gradient_blocks, sent):
             if not was_sent:
                 continue
             try:
@@ -160,12 +142,11 @@ class DataParallel:
                 failures.append(payload)
                 continue
             total += payload
-            for i, view in enumerate(shared):
-                gradients[i] = view.copy() if gradients[i] is None else gradients[i] + view
+            self.flat.grad += block.array  # worker by worker, in a fixed order
         if failures:
             raise WorkerError(f"a data-parallel worker failed: {failures[0]}")
-        for parameter, gradient in zip(self.parameters, gradients):
-            parameter.grad = gradient
+        for parameter, view in zip(self.flat.params, self.flat.grad_views):
+            parameter.grad = view
         return total
 
     def close(self):

@@ -34,6 +34,7 @@ from ..autograd.tensor import Tensor
 from ..data import to_model_range
 from ..data.images import save_grid, to_uint8
 from ..diffusion import generate
+from ..kernels.optim import FUSED
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import TrainConfig, build_diffusion, build_model
 from .parallel import DataParallel, WorkerError, split_sizes
@@ -89,8 +90,10 @@ class Trainer:
         self.xp = backend.get_array_module(self.device)
         self.model = build_model(config).to(device=self.device)
         self.diffusion = build_diffusion(config)
-        self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.ema = EMA(self.model, decay=config.ema) if config.ema else None
+        # AdamW and EMA over the model's flat buffers, each step one fused kernel where kernels run
+        # (minisdit/kernels/optim.py), the NumPy references elsewhere; the same bits either way on the CPU
+        self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=FUSED)
+        self.ema = EMA(self.model, decay=config.ema, fused=FUSED) if config.ema else None
         self._sampling_model = None  # a second model for EMA samples, so sampling never touches training state
         self.step = 0
         self.batches_per_epoch = len(images) // config.batch_size
@@ -228,7 +231,7 @@ class Trainer:
         slice's loss is weighted by its share of the batch, so the summed gradients are those of
         the batch mean."""
         if self._parallel is None:  # forked here, after any --resume has loaded the weights
-            self._parallel = DataParallel(self.model.parameters(), self._loss_and_gradients, self.workers)
+            self._parallel = DataParallel(self.optimizer.flat, self._loss_and_gradients, self.workers)
         slices, start = [], 0
         for size in split_sizes(len(indices), self.workers):
             part = slice(start, start + size)
@@ -249,7 +252,8 @@ class Trainer:
     def update(self, record: dict) -> dict:
         """Apply the gradients: clip, AdamW, EMA, step counter.  Call inside ``stops.deferred()``."""
         if self.config.grad_clip:
-            record["grad_norm"] = float(clip_grad_norm(self.model.parameters(), self.config.grad_clip))
+            # one reduction over the flat gradient buffer, one in-place scaling of it
+            record["grad_norm"] = float(clip_grad_norm(self.optimizer.flat, self.config.grad_clip))
         self.optimizer.lr = self.learning_rate(self.step)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             self.optimizer.step()

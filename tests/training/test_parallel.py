@@ -138,3 +138,23 @@ def test_an_interrupt_in_the_trainer_process_leaves_no_stale_answer(tmp_path, mo
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     finally:
         shared.close()
+
+
+def test_workers_share_the_flat_buffers_and_see_a_loaded_state(tmp_path):
+    # the parameters are views of one shared block; the summed gradients are views of the flat
+    # gradient buffer that AdamW and clipping read; weights loaded by --resume (new arrays) are
+    # copied into the shared block before the workers compute, so they train from them too
+    shared, alone = make_trainer(tmp_path, 2), make_trainer(tmp_path, 1)
+    try:
+        shared.forward_backward()
+        flat = shared.optimizer.flat
+        assert flat.data is shared._parallel.weights_block.array
+        assert all(p.data.base is flat.data and p.grad.base is flat.grad for p in shared.model.parameters())
+        moved = {name: value + 0.01 for name, value in shared.model.state_dict().items()}
+        for trainer in (shared, alone):
+            trainer.model.load_state_dict(moved)
+        got, expected = shared.forward_backward(), alone.forward_backward()
+        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+        assert all(p.data.base is flat.data for p in shared.model.parameters())
+    finally:
+        shared.close()
