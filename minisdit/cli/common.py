@@ -9,7 +9,7 @@ import functools
 from threadpoolctl import threadpool_limits
 
 from ..autograd import backend
-from ..kernels import runtime as cuda
+from ..kernels import runtime
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,7 +67,7 @@ def configure_cpu_runtime(blas_threads: int = 1, compiled_kernels: bool = True) 
     * ``blas_threads``: SDiT's matrices are small, and extra BLAS threads competing for a few cores
       were 5-10x slower on a two-core machine (0 leaves the BLAS library's own setting).
     * ``compiled_kernels``: run LIF, WKV and the DDPM loss as minisdit/kernels/*.cu compiled as C++
-      when a C++ compiler is present: ``cuda.select_cpu_kernels`` for the rest of the current
+      when a C++ compiler is present: ``runtime.select_cpu_kernels`` for the rest of the current
       context, which is the command's own (``own_runtime_settings``) and ends with it.
 
     Returns a sentence for the user about the kernels, or None.
@@ -75,8 +75,8 @@ def configure_cpu_runtime(blas_threads: int = 1, compiled_kernels: bool = True) 
     if blas_threads > 0:
         threadpool_limits(limits=blas_threads, user_api="blas")
     if compiled_kernels:
-        if cuda.cpu_compiler() is not None:
-            cuda.select_cpu_kernels(True)  # ends with the context that own_runtime_settings made
+        if runtime.cpu_compiler() is not None:
+            runtime.select_cpu_kernels(True)  # ends with the context that own_runtime_settings made
             # the first words are what scripts and tests look for; keep them
             return ("LIF and WKV run as minisdit/kernels/*.cu compiled for the CPU, as does the DDPM loss "
                     "(--no-cpu-kernels: NumPy references)")

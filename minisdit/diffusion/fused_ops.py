@@ -6,7 +6,7 @@ import numpy as np
 
 from ..autograd import backend
 from ..autograd.tensor import Function, Tensor
-from ..kernels import runtime as cuda
+from ..kernels import runtime
 
 KERNEL_FILE = "ddpm_loss.cu"
 
@@ -42,15 +42,15 @@ def epsilon_mse_backward_reference(predicted, target, grad_loss):
     return 2.0 * (predicted - target) / per_sample * _per_sample_column(grad_loss, predicted.ndim)
 
 
-def ddpm_kernels(dtype) -> "cuda.Kernels":
+def ddpm_kernels(dtype) -> "runtime.Kernels":
     """The kernels of minisdit/kernels/ddpm_loss.cu for arrays of ``dtype`` (either device)."""
-    return cuda.Kernels(KERNEL_FILE, {"scalar_t": cuda.scalar_type(dtype)})
+    return runtime.Kernels(KERNEL_FILE, {"scalar_t": runtime.scalar_type(dtype)})
 
 
 def q_sample_kernel(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, block: int | None = None,
                     max_blocks: int | None = None):
     """``ddpm_q_sample`` on the device of the arrays; the same result as ``q_sample_reference``.
-    ``block``, ``max_blocks`` as in ``cuda.launch``."""
+    ``block``, ``max_blocks`` as in ``runtime.launch``."""
     xp = backend.array_module_of(x0)
     x0 = xp.ascontiguousarray(x0)
     noise = xp.ascontiguousarray(noise, dtype=x0.dtype)
@@ -85,10 +85,10 @@ def epsilon_mse_backward_kernel(predicted, target, grad_loss, block: int | None 
 
 def fused_q_sample(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar):
     """x_t (no gradient) from raw arrays: the kernel ``ddpm_q_sample`` on CuPy arrays (and on NumPy
-    arrays inside ``cuda.cpu_kernels()``), else the reference."""
+    arrays inside ``runtime.cpu_kernels()``), else the reference."""
     if x0.shape != noise.shape:
         raise ValueError(f"noise has shape {noise.shape} but x0 has shape {x0.shape}; draw noise like x0")
-    if not cuda.kernels_run_on(x0) or x0.size == 0:
+    if not runtime.kernels_run_on(x0) or x0.size == 0:
         return q_sample_reference(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar)
     return q_sample_kernel(x0, noise, sqrt_alpha_bar, sqrt_one_minus_alpha_bar)
 
@@ -98,7 +98,7 @@ class EpsilonMSE(Function):
 
     forward: L_n = (1/(C·H·W)) Σ_{c,h,w} (ε̂ − ε)²  → (N,)
     backward: dL/dε̂ = 2 (ε̂ − ε)/(C·H·W) · g_n,  dL/dε = −dL/dε̂.
-    With the kernels (CuPy arrays, or NumPy arrays inside ``cuda.cpu_kernels()``): ``ddpm_squared_error``
+    With the kernels (CuPy arrays, or NumPy arrays inside ``runtime.cpu_kernels()``): ``ddpm_squared_error``
     writes (ε̂ − ε)² (one thread per element, so the loads are coalesced), the array module's
     reduction takes the per-sample mean, and ``ddpm_epsilon_mse_backward`` gives the gradient
     (minisdit/kernels/ddpm_loss.cu).
@@ -109,7 +109,7 @@ class EpsilonMSE(Function):
             raise ValueError(f"epsilon_mse needs predicted and true noise of one shape (N, ...), "
                              f"got {predicted.shape} and {target.shape}")
         self.predicted, self.target = predicted, target
-        self.use_kernels = cuda.kernels_run_on(predicted) and predicted.size > 0
+        self.use_kernels = runtime.kernels_run_on(predicted) and predicted.size > 0
         if not self.use_kernels:
             return epsilon_mse_reference(predicted, target)
         xp = backend.array_module_of(predicted)

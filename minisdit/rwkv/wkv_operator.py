@@ -14,7 +14,7 @@ import numpy as np
 
 from ..autograd import backend
 from ..autograd.tensor import Function
-from ..kernels import runtime as cuda
+from ..kernels import runtime
 
 # The "minus infinity" that starts a running maximum.  A finite number keeps exp(o - o') exactly 0
 # without ever forming inf - inf; -1e38 fits in float32 (as in the RWKV-4 kernels).
@@ -151,18 +151,18 @@ def wkv_quadratic_numpy(time_decay, time_first, k, v):
 # CUDA kernels (minisdit/kernels/wkv.cu): the same recurrences, one thread per (batch, channel)
 # ---------------------------------------------------------------------------------------------
 def kernel_defines(dtype) -> dict:
-    return {"scalar_t": cuda.scalar_type(dtype)}
+    return {"scalar_t": runtime.scalar_type(dtype)}
 
 
-def wkv_kernels(dtype) -> "cuda.Kernels":
+def wkv_kernels(dtype) -> "runtime.Kernels":
     """The kernels of minisdit/kernels/wkv.cu for arrays of ``dtype`` (either device)."""
-    return cuda.Kernels(KERNEL_FILE, kernel_defines(dtype), gpu_block=THREADS_PER_BLOCK)
+    return runtime.Kernels(KERNEL_FILE, kernel_defines(dtype), gpu_block=THREADS_PER_BLOCK)
 
 
 def wkv_forward_kernel(w, u, k, v, block: int | None = None, max_blocks: int | None = None):
     """``wkv_forward`` of minisdit/kernels/wkv.cu on the device of the arrays; the same result as
     ``wkv_forward_numpy``.  All arrays C-contiguous and of one dtype.  ``block``, ``max_blocks`` as
-    in ``cuda.launch`` (None: one CPU thread, or ``THREADS_PER_BLOCK`` on a GPU)."""
+    in ``runtime.launch`` (None: one CPU thread, or ``THREADS_PER_BLOCK`` on a GPU)."""
     xp = backend.array_module_of(k)
     batch, length, channels = k.shape
     y, log_denominator = xp.empty_like(k), xp.empty_like(k)
@@ -202,8 +202,8 @@ class WKV(Function):
         w = xp.ascontiguousarray(xp.exp(time_decay.astype(dtype, copy=False)))
         u = xp.ascontiguousarray(time_first.astype(dtype, copy=False))
         k, v = xp.ascontiguousarray(k), xp.ascontiguousarray(v)
-        # the kernels on CuPy arrays, and on NumPy arrays inside cuda.cpu_kernels(); else the reference
-        self.use_kernels = cuda.kernels_run_on(k)
+        # the kernels on CuPy arrays, and on NumPy arrays inside runtime.cpu_kernels(); else the reference
+        self.use_kernels = runtime.kernels_run_on(k)
         if self.use_kernels:
             y, log_denominator = wkv_forward_kernel(w, u, k, v)
         else:
@@ -231,7 +231,7 @@ def _check_inputs(time_decay, time_first, k, v):
     if time_decay.shape != (channels,) or time_first.shape != (channels,):
         raise ValueError(f"wkv needs time_decay and time_first of shape (C,) = ({channels},); "
                          f"got {time_decay.shape} and {time_first.shape}")
-    if k.dtype != v.dtype or np.dtype(k.dtype) not in cuda.SCALAR_TYPES:
+    if k.dtype != v.dtype or np.dtype(k.dtype) not in runtime.SCALAR_TYPES:
         raise TypeError(f"wkv needs k and v both float32 or both float64; got {k.dtype} and {v.dtype} (cast them with .astype)")
     if len({backend.is_gpu_array(a) for a in (time_decay, time_first, k, v)}) > 1:
         raise ValueError("wkv needs all four inputs on one device; move them with .to(device=...)")

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..autograd import backend
-from ..kernels import runtime as cuda
+from ..kernels import runtime
 from ..autograd import functional as F
 from ..autograd.nn import Module
 from ..autograd.tensor import Function, Tensor
@@ -56,7 +56,7 @@ from .surrogate import SURROGATES, ATan, Surrogate, check_surrogate
 
 KERNEL_FILE = "lif.cu"
 THREADS_PER_BLOCK = 256
-SUPPORTED_DTYPES = tuple(cuda.SCALAR_TYPES)  # float32 and float64, as the kernels
+SUPPORTED_DTYPES = tuple(runtime.SCALAR_TYPES)  # float32 and float64, as the kernels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class LIFOptions:
 
 def kernel_defines(surrogate: Surrogate, hard_reset: bool, detach_reset: bool, decay_input: bool, dtype) -> dict:
     return {
-        "scalar_t": cuda.scalar_type(dtype),
+        "scalar_t": runtime.scalar_type(dtype),
         "SURROGATE": surrogate.id,
         "HARD_RESET": int(hard_reset),
         "DETACH_RESET": int(detach_reset),
@@ -236,9 +236,9 @@ def spike_rate_backward_reference(x, grad_rate, T: int, o: LIFOptions):
 class LIFKernels:
     """The kernels of minisdit/kernels/lif.cu for one neuron variant and dtype.
 
-    Each method runs on the device of its arrays (``cuda.Kernels``): CuPy arrays on the GPU, NumPy
+    Each method runs on the device of its arrays (``runtime.Kernels``): CuPy arrays on the GPU, NumPy
     arrays as the same source compiled for the CPU.  ``block`` and ``max_blocks`` as in
-    ``cuda.launch``: by default one CPU thread (the fast way on a CPU) or ``THREADS_PER_BLOCK`` on
+    ``runtime.launch``: by default one CPU thread (the fast way on a CPU) or ``THREADS_PER_BLOCK`` on
     a GPU; tests pass a block size to run several blocks on the CPU, and ``max_blocks`` to make
     the kernels' grid-stride loop wrap.
     """
@@ -249,7 +249,7 @@ class LIFKernels:
         self.options, self.dtype = options, np.dtype(dtype)
         self.block, self.max_blocks = block, max_blocks
         # raises for dtypes other than float32 / float64
-        self.kernels = cuda.Kernels(KERNEL_FILE, options.kernel_defines(self.dtype), gpu_block=THREADS_PER_BLOCK)
+        self.kernels = runtime.Kernels(KERNEL_FILE, options.kernel_defines(self.dtype), gpu_block=THREADS_PER_BLOCK)
 
     def _run(self, name: str, neurons: int, arrays, T: int, with_alpha: bool):
         o = self.options
@@ -292,7 +292,7 @@ class LIFKernels:
 
 def _kernels_for(array, o: LIFOptions) -> LIFKernels | None:
     """The kernels that run this neuron on ``array``, or None where the array reference runs."""
-    if o.spiking and cuda.kernels_run_on(array):
+    if o.spiking and runtime.kernels_run_on(array):
         return LIFKernels(o, array.dtype)
     return None
 

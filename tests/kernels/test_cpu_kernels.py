@@ -1,25 +1,25 @@
-"""The CPU fast path: inside ``cuda.cpu_kernels()`` LIF, WKV and the DDPM loss run as minisdit/kernels/*.cu
+"""The CPU fast path: inside ``runtime.cpu_kernels()`` LIF, WKV and the DDPM loss run as minisdit/kernels/*.cu
 compiled as C++ and give the NumPy references' results."""
 import numpy as np
 import pytest
 
 from minisdit import Tensor
-from minisdit.kernels import runtime as cuda
+from minisdit.kernels import runtime
 from minisdit.diffusion import GaussianDiffusion
 from minisdit.models import SDiT
 from minisdit.rwkv import wkv
 from minisdit.snn import spike_rate
 
-pytestmark = pytest.mark.skipif(cuda.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
+pytestmark = pytest.mark.skipif(runtime.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
 
 
 def _run_both(fn):
     """fn() with the NumPy references, then with the compiled CPU kernels."""
-    assert not cuda.cpu_kernels_enabled()  # the default: nothing to undo between tests
+    assert not runtime.cpu_kernels_enabled()  # the default: nothing to undo between tests
     reference = fn()
-    with cuda.cpu_kernels():
+    with runtime.cpu_kernels():
         fast = fn()
-    assert not cuda.cpu_kernels_enabled()
+    assert not runtime.cpu_kernels_enabled()
     return reference, fast
 
 

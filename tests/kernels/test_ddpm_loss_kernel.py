@@ -1,7 +1,7 @@
 """minisdit/kernels/ddpm_loss.cu (q_sample, the squared error of the ε-MSE and its backward) against the NumPy
 references in minisdit.diffusion, through minisdit.kernel_checks.ddpm_loss.check: the .cu source run on the CPU
 (odd sizes, several blocks, a grid too small so that the grid-stride loop wraps; bitwise equal to the
-references), compiled with NVRTC, the ops' kernel branch inside cuda.cpu_kernels(), and on a GPU."""
+references), compiled with NVRTC, the ops' kernel branch inside runtime.cpu_kernels(), and on a GPU."""
 import re
 
 import numpy as np
@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from minisdit import Tensor, backend
 from minisdit.kernel_checks import ddpm_loss as ddpm_check
-from minisdit.kernels import runtime as cuda
+from minisdit.kernels import runtime
 from minisdit.diffusion import (EpsilonMSE, GaussianDiffusion, epsilon_mse_backward_reference,
                                 epsilon_mse_reference, fused_q_sample, q_sample_reference, squared_error_reference)
 
@@ -21,7 +21,7 @@ TOLERANCE = {"float": dict(rtol=2e-6, atol=1e-6), "double": dict(rtol=1e-13, ato
 SHAPES = [(1, (1, 1, 1)), (3, (1, 5, 7)), (7, (3, 11, 13)), (5, (2, 1, 9)), (300, (1, 1, 1)), (2, (3, 28, 28))]
 LAUNCHES = [(64, None), (32, 2), (256, 1)]  # (block, max_blocks); None: enough blocks for one thread per item
 KERNELS = ddpm_check.KERNELS
-needs_compiler = pytest.mark.skipif(cuda.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
+needs_compiler = pytest.mark.skipif(runtime.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
 
 
 def random_case(rng, batch, sample_shape, dtype):
@@ -54,11 +54,11 @@ def test_numpy_references_read_like_the_equations():
         np.testing.assert_allclose(x_t[n], a[n] * predicted[n] + b[n] * target[n])
 
 
-@pytest.mark.skipif(not cuda.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
-@pytest.mark.parametrize("arch", cuda.NVRTC_ARCHITECTURES)
+@pytest.mark.skipif(not runtime.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
+@pytest.mark.parametrize("arch", runtime.NVRTC_ARCHITECTURES)
 @pytest.mark.parametrize("defines", ddpm_check.variants(), ids=lambda d: d["scalar_t"])
 def test_kernels_compile_with_nvrtc(defines, arch):
-    ptx = cuda.nvrtc_compile(cuda.kernel_source("ddpm_loss.cu"), defines, arch=arch, name="ddpm_loss.cu")
+    ptx = runtime.nvrtc_compile(runtime.kernel_source("ddpm_loss.cu"), defines, arch=arch, name="ddpm_loss.cu")
     for name in KERNELS:
         assert f".entry {name}(" in ptx
     if defines["scalar_t"] == "float":
@@ -67,7 +67,7 @@ def test_kernels_compile_with_nvrtc(defines, arch):
 
 
 def test_every_kernel_is_tested():
-    assert set(cuda.kernel_signatures(cuda.kernel_source("ddpm_loss.cu"))) == set(KERNELS)
+    assert set(runtime.kernel_signatures(runtime.kernel_source("ddpm_loss.cu"))) == set(KERNELS)
 
 
 class _CpuPretendingToBeGpu:
@@ -89,11 +89,11 @@ class _CpuPretendingToBeGpu:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernel_branch_of_the_ops(dtype):
     """The kernel branch of fused_q_sample and EpsilonMSE (argument order, sizes, a non-contiguous
-    input), run on NumPy arrays inside cuda.cpu_kernels(): the branch a GPU takes, without one."""
+    input), run on NumPy arrays inside runtime.cpu_kernels(): the branch a GPU takes, without one."""
     scalar_t = "float" if dtype == np.float32 else "double"
     rng = np.random.default_rng(5)
     x0, noise, a, b = random_case(rng, 5, (2, 7, 3), dtype)
-    with cuda.cpu_kernels():
+    with runtime.cpu_kernels():
         np.testing.assert_allclose(fused_q_sample(x0, noise, a, b), q_sample_reference(x0, noise, a, b),
                                    **TOLERANCE[scalar_t])
         function = EpsilonMSE()
@@ -151,7 +151,7 @@ def test_device_branch_of_training_and_sampling(monkeypatch, dtype):
     monkeypatch.setattr(gaussian, "backend", fake_backend)
     monkeypatch.setattr(fused_ops, "backend", fake_backend)
     diffusion = GaussianDiffusion()
-    with cuda.cpu_kernels():  # the ε-MSE and q_sample kernels, as on a GPU
+    with runtime.cpu_kernels():  # the ε-MSE and q_sample kernels, as on a GPU
         tolerance = TOLERANCE["float" if dtype == np.float32 else "double"]
         for index, (t, expected) in enumerate(zip(steps, cpu)):
             before = (counting.step_copies, counting.schedule_copies)

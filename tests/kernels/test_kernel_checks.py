@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from minisdit.kernel_checks import ddpm_loss, lif, wkv
-from minisdit.kernels import runtime as cuda
+from minisdit.kernels import runtime
 from minisdit.snn import LIFOptions
 from minisdit.snn.surrogate import Sigmoid
 
-needs_compiler = pytest.mark.skipif(cuda.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
+needs_compiler = pytest.mark.skipif(runtime.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
 # On a GPU the transcendental functions (exp, atan) round differently from NumPy's, so float32 gets the
 # looser tolerance of the GPU op tests.
 GPU_FLOAT32 = dict(rtol=1e-5, atol=1e-5)

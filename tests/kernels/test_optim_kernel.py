@@ -11,12 +11,12 @@ from minisdit import nn
 from minisdit.autograd.optim import EMA, AdamW, adamw_step_reference, ema_update_reference
 from minisdit.kernel_checks import optim as optim_check
 from minisdit.kernels import optim as optim_kernels
-from minisdit.kernels import runtime as cuda
+from minisdit.kernels import runtime
 
 SCALARS = {"float": np.float32, "double": np.float64}
 SIZES = [1, 7, 1000, 4099]
 LAUNCHES = [(64, None), (32, 2), (256, 1)]  # (block, max_blocks); None: enough blocks for one thread per entry
-needs_compiler = pytest.mark.skipif(cuda.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
+needs_compiler = pytest.mark.skipif(runtime.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
 
 
 @needs_compiler
@@ -52,11 +52,11 @@ def test_references_read_like_the_equations():
     np.testing.assert_allclose(shadow, 0.75 * theta0 + 0.25 * g1, rtol=1e-14)
 
 
-@pytest.mark.skipif(not cuda.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
-@pytest.mark.parametrize("arch", cuda.NVRTC_ARCHITECTURES)
+@pytest.mark.skipif(not runtime.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
+@pytest.mark.parametrize("arch", runtime.NVRTC_ARCHITECTURES)
 @pytest.mark.parametrize("defines", optim_check.variants(), ids=lambda d: d["scalar_t"])
 def test_kernels_compile_with_nvrtc(defines, arch):
-    ptx = cuda.nvrtc_compile(cuda.kernel_source("optim.cu"), defines, arch=arch, name="optim.cu")
+    ptx = runtime.nvrtc_compile(runtime.kernel_source("optim.cu"), defines, arch=arch, name="optim.cu")
     for name in optim_check.KERNELS:
         assert f".entry {name}(" in ptx
     if defines["scalar_t"] == "float":
@@ -65,7 +65,7 @@ def test_kernels_compile_with_nvrtc(defines, arch):
 
 
 def test_every_kernel_is_tested():
-    assert set(cuda.kernel_signatures(cuda.kernel_source("optim.cu"))) == set(optim_check.KERNELS)
+    assert set(runtime.kernel_signatures(runtime.kernel_source("optim.cu"))) == set(optim_check.KERNELS)
 
 
 def _train(fused, steps=4):
@@ -93,7 +93,7 @@ def test_fused_runs_the_kernel_only_inside_cpu_kernels_and_changes_no_bit(monkey
     reference = _train(None)
     outside = _train(optim_kernels.FUSED)
     assert calls == []
-    with cuda.cpu_kernels():
+    with runtime.cpu_kernels():
         inside = _train(optim_kernels.FUSED)
     assert calls.count("adamw_step_kernel") == 4 and calls.count("ema_update_kernel") == 4
     for a, b, c in zip(reference, outside, inside):

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from minisdit import Tensor, backend
 from minisdit.kernel_checks import wkv as wkv_check
-from minisdit.kernels import runtime as cuda
+from minisdit.kernels import runtime
 from minisdit.autograd.gradcheck import gradcheck
 from minisdit.rwkv.wkv_operator import (kernel_defines, wkv, wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel,
                                         wkv_forward_numpy, wkv_quadratic_numpy)
@@ -167,7 +167,7 @@ def test_kernel_grid_stride_loop_covers_every_recurrence(scalar_t):
     assert wkv_check.check(VARIANTS[scalar_t], 3, 7, 37, block=16, max_blocks=2, seed=6) <= 1
 
 
-class RecordingCpuKernel(cuda.CpuKernel):
+class RecordingCpuKernel(runtime.CpuKernel):
     """A CpuKernel that records its launch shapes instead of running."""
 
     def __init__(self):
@@ -179,27 +179,27 @@ class RecordingCpuKernel(cuda.CpuKernel):
 
 def test_launch_chooses_the_grid():
     cpu = RecordingCpuKernel()
-    cuda.launch(cpu, 111, ())                         # default on the CPU: one thread runs the grid-stride loop
-    cuda.launch(cpu, 111, (), block=32)               # an explicit block: 4 blocks, the last one partly idle
-    cuda.launch(cpu, 111, (), block=32, max_blocks=2)
-    cuda.launch(cpu, 0, ())                           # nothing to run: no launch (CUDA rejects empty grids)
+    runtime.launch(cpu, 111, ())                         # default on the CPU: one thread runs the grid-stride loop
+    runtime.launch(cpu, 111, (), block=32)               # an explicit block: 4 blocks, the last one partly idle
+    runtime.launch(cpu, 111, (), block=32, max_blocks=2)
+    runtime.launch(cpu, 0, ())                           # nothing to run: no launch (CUDA rejects empty grids)
     assert cpu.launches == [((1,), (1,)), ((4,), (32,)), ((2,), (32,))]
     gpu_launches = []  # any other callable stands for a CuPy kernel
 
     def gpu(grid, block, args):
         gpu_launches.append((grid, block))
 
-    cuda.launch(gpu, 111, (), gpu_block=64)
-    cuda.launch(gpu, 1000, (), max_blocks=3)
-    cuda.launch(gpu, 1000, (), block=128)
+    runtime.launch(gpu, 111, (), gpu_block=64)
+    runtime.launch(gpu, 1000, (), max_blocks=3)
+    runtime.launch(gpu, 1000, (), block=128)
     assert gpu_launches == [((2,), (64,)), ((3,), (256,)), ((8,), (128,))]
 
 
 def test_scalar_type_names_the_c_type():
-    assert cuda.scalar_type(np.float32) == "float" and cuda.scalar_type(np.dtype("float64")) == "double"
+    assert runtime.scalar_type(np.float32) == "float" and runtime.scalar_type(np.dtype("float64")) == "double"
     assert kernel_defines(np.float32) == {"scalar_t": "float"}
     with pytest.raises(TypeError, match="float32 or float64.*float16.*astype"):
-        cuda.scalar_type(np.float16)
+        runtime.scalar_type(np.float16)
 
 
 @pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
@@ -209,11 +209,11 @@ def test_kernel_on_cpu_extreme_k(scalar_t):
     assert wkv_check.check(VARIANTS[scalar_t], 2, 25, 33, extreme_k=100.0, seed=7) <= 1
 
 
-@pytest.mark.skipif(not cuda.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
-@pytest.mark.parametrize("arch", cuda.NVRTC_ARCHITECTURES)
+@pytest.mark.skipif(not runtime.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
+@pytest.mark.parametrize("arch", runtime.NVRTC_ARCHITECTURES)
 @pytest.mark.parametrize("defines", wkv_check.variants(), ids=lambda d: d["scalar_t"])
 def test_kernel_compiles_with_nvrtc(defines, arch):
-    ptx = cuda.nvrtc_compile(cuda.kernel_source("wkv.cu"), defines, arch=arch, name="wkv.cu")
+    ptx = runtime.nvrtc_compile(runtime.kernel_source("wkv.cu"), defines, arch=arch, name="wkv.cu")
     assert ".entry wkv_forward" in ptx and ".entry wkv_backward" in ptx
     if defines["scalar_t"] == "float":
         # the float variant must not fall back to double arithmetic (10-60x slower on most GPUs)

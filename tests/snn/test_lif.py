@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import minisdit
 from minisdit import backend
 from minisdit.kernel_checks import lif as lif_check
-from minisdit.kernels import runtime as cuda
+from minisdit.kernels import runtime
 from minisdit import functional as F
 from minisdit.snn import LIF, LIFKernels, LIFOptions, SpikeRate, lif, lif_unrolled, spike_rate
 from minisdit.snn import firing_rates, record_firing_rates, reset_firing_rates
@@ -276,14 +276,14 @@ def test_firing_rate_hook_reports_known_rates():
 # ---------------------------------------------------------------------------------------------
 # minisdit/kernels/lif.cu: compiled with NVRTC for every variant, run on the CPU against the reference
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not cuda.nvrtc_available(), reason="needs libnvrtc (pip install nvidia-cuda-nvrtc-cu12)")
-@pytest.mark.parametrize("arch", cuda.NVRTC_ARCHITECTURES)
+@pytest.mark.skipif(not runtime.nvrtc_available(), reason="needs libnvrtc (pip install nvidia-cuda-nvrtc-cu12)")
+@pytest.mark.parametrize("arch", runtime.NVRTC_ARCHITECTURES)
 def test_every_kernel_variant_compiles_with_nvrtc(arch):
-    source = cuda.kernel_source("lif.cu")
+    source = runtime.kernel_source("lif.cu")
     variants = lif_check.variants()
     assert len(variants) == 5 * 2 * 2 * 2 * 2
     for defines in variants:
-        ptx = cuda.nvrtc_compile(source, defines, arch=arch, name="lif.cu")
+        ptx = runtime.nvrtc_compile(source, defines, arch=arch, name="lif.cu")
         for kernel in lif_check.KERNELS:
             assert f".entry {kernel}" in ptx, (kernel, defines)
 
