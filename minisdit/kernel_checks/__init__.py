@@ -2,7 +2,8 @@
 
 Each of ``lif``, ``wkv``, ``ddpm_loss`` and ``optim`` puts in one place
 
-* which NumPy reference the kernels of ``minisdit/kernels/<name>.cu`` must match (``REFERENCE``),
+* which NumPy reference the kernels of ``minisdit/kernels/<name>.cu`` must match (the module
+  docstring's REFERENCE paragraph),
 * ``variants()``: every set of defines the library compiles the file with (the NVRTC check),
 * ``check(...) -> worst error``: run the kernel source on random inputs (compiled as C++ on NumPy
   arrays, or with CuPy on a GPU) next to the reference; the worst error is in units of the

@@ -3,7 +3,7 @@
 Hypothesis picks the shapes (size-1 axes, odd sizes, broadcasting) and a seed for the values; the
 values are kept away from the points where an op is not differentiable (|x| and relu near 0, ties
 of max/maximum, log/sqrt of non-positive numbers).  Gradients are checked in float64 with
-``minisdit.testing.gradcheck`` (random-projection loss, default tolerances) on every device.
+``minisdit.autograd.gradcheck.gradcheck`` (random-projection loss, default tolerances) on every device.
 """
 import numpy as np
 import pytest
