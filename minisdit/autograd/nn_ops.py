@@ -1,4 +1,4 @@
-"""Differentiable network ops (LayerNorm, Conv2d, Embedding, MSE): ``Function``s with a fused
+"""Differentiable network ops (LayerNorm, Linear, Conv2d, Embedding, MSE): ``Function``s with a fused
 forward on raw arrays and a hand-written backward, in the notation of ``ops.py``."""
 from __future__ import annotations
 
@@ -52,38 +52,75 @@ class LayerNorm(Function):
         return grads
 
 
+class Linear(Function):
+    """y = x W^T + b for x of shape (..., in), W (out, in), b (out,): one 2-D GEMM over all rows.
+
+    The leading axes of x are flattened into R rows, X = x.reshape(R, in), G = g.reshape(R, out):
+        y = X W^T + b,   dL/dX = G W,   dL/dW = G^T X,   dL/db = sum over rows of G.
+    Each product is one 2-D matrix product: a (N, L, D) @ (D, O) product would be a batched GEMM
+    (cuBLAS ``sgemmBatched``, N small products) that never uses tensor cores or TF32, and the weight
+    gradient would be N products plus a sum.  One fused node (rather than MatMul, Transpose and Add)
+    also saves the graph nodes and the separate bias kernel's output array.
+    """
+
+    def forward(self, x, weight, bias=None):
+        self.x_shape = x.shape
+        self.rows = x.reshape(-1, x.shape[-1])
+        self.weight, self.has_bias = weight, bias is not None
+        y = self.rows @ weight.T
+        if bias is not None:
+            y += bias  # in place: y is a fresh product
+        return y.reshape(self.x_shape[:-1] + (weight.shape[0],))
+
+    def backward(self, g):
+        g = g.reshape(-1, g.shape[-1])
+        grad_x = (g @ self.weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        grad_weight = g.T @ self.rows if self.needs_input_grad[1] else None
+        if self.has_bias:
+            return grad_x, grad_weight, g.sum(axis=0)
+        return grad_x, grad_weight
+
+
 def _im2col(x, kernel_h, kernel_w, stride, padding):
-    """(N, C, H, W) -> (N, C*kh*kw, Ho*Wo) of the patches that each output pixel sees."""
+    """(N, C, H, W) -> (C*kh*kw, N*Ho*Wo): one column per output pixel, the patch that it sees.
+
+    Channels lead and every image's pixels follow one another, so that the convolution of the whole
+    batch is a single 2-D product W (O, C*kh*kw) @ columns."""
     xp = _xp(x)
     n, c, h, w = x.shape
     if padding:
         x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     out_h = (h + 2 * padding - kernel_h) // stride + 1
     out_w = (w + 2 * padding - kernel_w) // stride + 1
-    columns = xp.empty((n, c, kernel_h, kernel_w, out_h, out_w), dtype=x.dtype)
+    x = x.transpose(1, 0, 2, 3)  # a view (C, N, H, W): each slice below copies into channel-major columns
+    columns = xp.empty((c, kernel_h, kernel_w, n, out_h, out_w), dtype=x.dtype)
     for i in range(kernel_h):
         for j in range(kernel_w):
-            columns[:, :, i, j] = x[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
-    return columns.reshape(n, c * kernel_h * kernel_w, out_h * out_w), out_h, out_w
+            columns[:, i, j] = x[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
+    return columns.reshape(c * kernel_h * kernel_w, n * out_h * out_w), out_h, out_w
 
 
 def _col2im(columns, input_shape, kernel_h, kernel_w, stride, padding, out_h, out_w):
     """The adjoint of ``_im2col``: add every patch entry back to the pixel it came from."""
     xp = _xp(columns)
     n, c, h, w = input_shape
-    columns = columns.reshape(n, c, kernel_h, kernel_w, out_h, out_w)
+    columns = columns.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
     padded = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=columns.dtype)
+    channel_major = padded.transpose(1, 0, 2, 3)  # a view: the additions land in padded
     for i in range(kernel_h):
         for j in range(kernel_w):
-            padded[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride] += columns[:, :, i, j]
+            channel_major[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride] += columns[:, i, j]
     return padded[:, :, padding:padding + h, padding:padding + w]
 
 
 class Conv2d(Function):
-    """2-D cross-correlation as a matrix product over im2col patches.
+    """2-D cross-correlation as one 2-D matrix product over the im2col patches of the whole batch.
 
-    With P = im2col(x) of shape (N, C*kh*kw, L) and W flattened to (O, C*kh*kw):
-    y = W P + b;  dL/dW = sum_n g_n P_n^T,  dL/dP = W^T g  (then col2im),  dL/db = sum g.
+    With P = im2col(x) of shape (C*kh*kw, N*L), W flattened to (O, C*kh*kw), and g (N, O, Ho, Wo)
+    rearranged to G (O, N*L):
+    y = W P + b;  dL/dW = G P^T,  dL/dP = W^T G  (then col2im),  dL/db = sum of G over its columns.
+    Each is a single GEMM (not N per-image products plus a sum); the price is one transpose of y
+    from (O, N, L) to (N, O, L) and one of g back.
     """
 
     stride = 1
@@ -97,20 +134,21 @@ class Conv2d(Function):
         self.has_bias = bias is not None
         y = self.weight_matrix @ self.columns
         if bias is not None:
-            y = y + bias[:, None]
-        return y.reshape(x.shape[0], out_channels, self.out_h, self.out_w)
+            y += bias[:, None]  # in place: y is a fresh product
+        y = y.reshape(out_channels, x.shape[0], self.out_h, self.out_w).transpose(1, 0, 2, 3)
+        return _xp(y).ascontiguousarray(y)
 
     def backward(self, g):
         n, out_channels = g.shape[:2]
-        g = g.reshape(n, out_channels, -1)
-        grad_weight = (g @ _xp(g).swapaxes(self.columns, 1, 2)).sum(axis=0).reshape(self.weight_shape)
+        g = _xp(g).ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(out_channels, -1)
+        grad_weight = (g @ self.columns.T).reshape(self.weight_shape)
         grad_x = None
         if self.needs_input_grad[0]:  # skipped for a constant input such as the images (saves the col2im)
             grad_columns = self.weight_matrix.T @ g
             _, _, kernel_h, kernel_w = self.weight_shape
             grad_x = _col2im(grad_columns, self.input_shape, kernel_h, kernel_w, self.stride, self.padding, self.out_h, self.out_w)
         if self.has_bias:
-            return grad_x, grad_weight, g.sum(axis=(0, 2))
+            return grad_x, grad_weight, g.sum(axis=1)
         return grad_x, grad_weight
 
 
@@ -159,6 +197,15 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     if bias is not None and weight is None:
         raise ValueError("layer_norm with a bias needs a weight too")
     return LayerNorm.apply(*inputs, eps=eps)
+
+
+def linear(x, weight, bias=None):
+    """x W^T + b over the last axis of x (W of shape (out, in)), as one 2-D GEMM (``Linear``)."""
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input has {x.shape[-1]} features but the weight {weight.shape} takes {weight.shape[1]}; "
+                         "pass an input whose last axis is the weight's second")
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+    return Linear.apply(*inputs)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
