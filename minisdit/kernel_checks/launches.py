@@ -305,13 +305,16 @@ def to_device_arrays(owner) -> None:
 def count_training_step(preset: str, batch_size: int = 8, ema: float = 0.9999, grad_clip: float = 0.0) -> LaunchCounter:
     """Launches of one ``Trainer.train_step`` (its second: the first creates optimizer state), by phase.
 
-    The GPU recipe (``RECIPES["gpu"]``) with ``preset`` and ``batch_size``, on random images; the
-    number of launches does not depend on the batch size."""
+    The GPU recipe (``RECIPES["gpu"]``) with ``preset`` and ``batch_size``, on random images of the
+    preset's data set (MNIST's 1x28x28, CIFAR-10's 3x32x32 for paper-cifar); the number of launches
+    does not depend on the batch size."""
+    channels, size = (3, 32) if preset.endswith("cifar") else (1, 28)  # the data set each preset is for
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (4 * batch_size, 1, 28, 28), dtype=np.uint8)
+    images = rng.integers(0, 256, (4 * batch_size, channels, size, size), dtype=np.uint8)
     labels = rng.integers(0, 10, len(images))
     config = dataclasses.replace(RECIPES["gpu"], device="cpu", preset=preset, batch_size=batch_size, steps=2,
-                                 epochs=None, workers=1, ema=ema, grad_clip=grad_clip)
+                                 epochs=None, workers=1, ema=ema, grad_clip=grad_clip, in_channels=channels,
+                                 input_size=size)
     counter = LaunchCounter()
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(config, images, labels, Path(folder), progress=False)
