@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import backend
 from .ops import _xp
 from .tensor import Function, Tensor, unbroadcast
 
@@ -52,30 +53,51 @@ class LayerNorm(Function):
         return grads
 
 
+# One 2-D GEMM over all rows is what a GPU needs (tensor cores, TF32).  NumPy instead runs its
+# broadcast product, one GEMM per matrix of x: OpenBLAS rounds a row of a 2-D product differently
+# depending on how many rows the product has, so only per-matrix products keep a sample's result
+# independent of the batch it shares (data-parallel workers then agree with one process to float32
+# rounding) and the CPU results bitwise those of before.  Tests set this to run the GPU's flattened
+# products on NumPy arrays too.
+ONE_GEMM_ON_CPU = False
+
+
+def _one_gemm(array) -> bool:
+    return ONE_GEMM_ON_CPU or backend.is_gpu_array(array)
+
+
+def _times_matrix(a, matrix):
+    """a (..., K) @ matrix (K, O): one 2-D GEMM over the flattened rows on a GPU, NumPy's own product on the CPU."""
+    if a.ndim > 2 and _one_gemm(a):
+        return (a.reshape(-1, a.shape[-1]) @ matrix).reshape(a.shape[:-1] + (matrix.shape[-1],))
+    return a @ matrix
+
+
 class Linear(Function):
     """y = x W^T + b for x of shape (..., in), W (out, in), b (out,): one 2-D GEMM over all rows.
 
     The leading axes of x are flattened into R rows, X = x.reshape(R, in), G = g.reshape(R, out):
-        y = X W^T + b,   dL/dX = G W,   dL/dW = G^T X,   dL/db = sum over rows of G.
-    Each product is one 2-D matrix product: a (N, L, D) @ (D, O) product would be a batched GEMM
-    (cuBLAS ``sgemmBatched``, N small products) that never uses tensor cores or TF32, and the weight
-    gradient would be N products plus a sum.  One fused node (rather than MatMul, Transpose and Add)
-    also saves the graph nodes and the separate bias kernel's output array.
+        y = X W^T + b,   dL/dX = G W,   dL/dW = (X^T G)^T,   dL/db = sum over rows of G.
+    On a GPU each product is one 2-D GEMM: a (N, L, D) @ (D, O) product would be a batched GEMM
+    (cuBLAS ``sgemmBatched``, N small products) that never uses tensor cores or TF32; the weight
+    gradient is one 2-D GEMM on both devices (not N products plus a sum).  On the CPU y and dL/dX
+    are NumPy's per-matrix products (``ONE_GEMM_ON_CPU`` above says why).  One fused node (rather
+    than MatMul, Transpose and Add) also saves graph nodes and the bias add's own output array.
     """
 
     def forward(self, x, weight, bias=None):
-        self.x_shape = x.shape
-        self.rows = x.reshape(-1, x.shape[-1])
-        self.weight, self.has_bias = weight, bias is not None
-        y = self.rows @ weight.T
+        self.x, self.weight, self.has_bias = x, weight, bias is not None
+        y = _times_matrix(x, weight.T)
         if bias is not None:
             y += bias  # in place: y is a fresh product
-        return y.reshape(self.x_shape[:-1] + (weight.shape[0],))
+        return y
 
     def backward(self, g):
-        g = g.reshape(-1, g.shape[-1])
-        grad_x = (g @ self.weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
-        grad_weight = g.T @ self.rows if self.needs_input_grad[1] else None
+        grad_x = _times_matrix(g, self.weight) if self.needs_input_grad[0] else None
+        grad_weight = None
+        if self.needs_input_grad[1]:
+            rows, g = self.x.reshape(-1, self.x.shape[-1]), g.reshape(-1, g.shape[-1])
+            grad_weight = (rows.T @ g).T  # X^T G transposed: cuBLAS takes the transposes as flags, no copies
         if self.has_bias:
             return grad_x, grad_weight, g.sum(axis=0)
         return grad_x, grad_weight
@@ -140,6 +162,9 @@ class Conv2d(Function):
 
     def backward(self, g):
         n, out_channels = g.shape[:2]
+        # the bias gradient from g as it comes, summed in the same order as a batch split over
+        # worker processes sums it (training/parallel.py): its terms cancel, so the order shows
+        grad_bias = g.reshape(n, out_channels, -1).sum(axis=(0, 2)) if self.has_bias else None
         g = _xp(g).ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(out_channels, -1)
         grad_weight = (g @ self.columns.T).reshape(self.weight_shape)
         grad_x = None
@@ -148,7 +173,7 @@ class Conv2d(Function):
             _, _, kernel_h, kernel_w = self.weight_shape
             grad_x = _col2im(grad_columns, self.input_shape, kernel_h, kernel_w, self.stride, self.padding, self.out_h, self.out_w)
         if self.has_bias:
-            return grad_x, grad_weight, g.sum(axis=1)
+            return grad_x, grad_weight, grad_bias
         return grad_x, grad_weight
 
 

@@ -16,6 +16,7 @@ GPU is needed to count them: the step runs on NumPy arrays that stand in for CuP
   none; ``asarray`` of host data is a host-to-device copy (counted apart, as ``transfers``: no
   kernel).  Because it is not NumPy itself, the ops take their GPU branches (``cupyx.scatter_add``
   is played by ``add.at``).
+* ``Linear`` takes the GPU's flattened products (``nn_ops.ONE_GEMM_ON_CPU``), copies included.
 * every ``.cu`` RawKernel launch (``kernels.runtime.launch``) is one launch, with the ops inside
   ``cpu_kernels()`` so that they run their kernels, as they do on a GPU.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..autograd import backend
+from ..autograd import backend, nn_ops
 from ..autograd.tensor import Tensor
 from ..kernels import runtime
 from ..training.config import RECIPES
@@ -274,6 +275,7 @@ class LaunchCounter:
         cupyx.scatter_add = _scatter_add
         saved_cupyx = sys.modules.get("cupyx")
         backend.array_module_of, runtime.launch, sys.modules["cupyx"] = array_module_of, launch, cupyx
+        one_gemm_on_cpu, nn_ops.ONE_GEMM_ON_CPU = nn_ops.ONE_GEMM_ON_CPU, True  # the GPU's flattened products
         _State.counter = self
         try:
             with runtime.cpu_kernels():
@@ -281,6 +283,7 @@ class LaunchCounter:
         finally:
             _State.counter = None
             backend.array_module_of, runtime.launch = original_module_of, original_launch
+            nn_ops.ONE_GEMM_ON_CPU = one_gemm_on_cpu
             if saved_cupyx is None:
                 sys.modules.pop("cupyx", None)
             else:

@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 from minisdit import Tensor, backend
 from minisdit import functional as F
 from minisdit.autograd.gradcheck import gradcheck
+from minisdit.autograd import nn_ops
 from minisdit.autograd.nn_ops import linear  # the fused op behind nn.Linear
 
 seeds = st.integers(0, 2**32 - 1)
@@ -464,6 +465,16 @@ def test_linear(device, batch, features, out_features, with_bias, seed):
         check_op(device, linear, [x, weight, bias], np.einsum("...i,oi->...o", x, weight) + bias)
     else:
         check_op(device, linear, [x, weight], np.einsum("...i,oi->...o", x, weight))
+
+
+@given(batch=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=3), seed=seeds)
+def test_linear_as_the_gpu_runs_it(device, batch, seed):
+    """The flattened one-GEMM products that a GPU takes, run on NumPy arrays: the same values and gradients."""
+    rng = np.random.default_rng(seed)
+    x, weight, bias = normal(rng, batch + (3,)), normal(rng, (2, 3)), normal(rng, 2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nn_ops, "ONE_GEMM_ON_CPU", True)
+        check_op(device, linear, [x, weight, bias], np.einsum("...i,oi->...o", x, weight) + bias)
 
 
 def test_linear_of_a_transposed_input(device):
