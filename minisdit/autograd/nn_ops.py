@@ -86,8 +86,12 @@ class Linear(Function):
     """
 
     def forward(self, x, weight, bias=None):
-        self.x, self.weight, self.has_bias = x, weight, bias is not None
-        y = _times_matrix(x, weight.T)
+        self.x_shape, self.weight, self.has_bias = x.shape, weight, bias is not None
+        self.rows = x.reshape(-1, x.shape[-1])  # a view, or one copy of a strided x kept for dL/dW
+        if x.ndim > 2 and not _one_gemm(x):
+            y = x @ weight.T  # NumPy's per-matrix products (ONE_GEMM_ON_CPU says why)
+        else:
+            y = (self.rows @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
         if bias is not None:
             y += bias  # in place: y is a fresh product
         return y
@@ -96,10 +100,9 @@ class Linear(Function):
         grad_x = _times_matrix(g, self.weight) if self.needs_input_grad[0] else None
         grad_weight = None
         if self.needs_input_grad[1]:
-            rows, g = self.x.reshape(-1, self.x.shape[-1]), g.reshape(-1, g.shape[-1])
-            grad_weight = (rows.T @ g).T  # X^T G transposed: cuBLAS takes the transposes as flags, no copies
-        if self.has_bias:
-            return grad_x, grad_weight, g.sum(axis=0)
+            grad_weight = (self.rows.T @ g.reshape(-1, g.shape[-1])).T  # cuBLAS takes the transposes as flags
+        if self.has_bias:  # one reduction over every leading axis (the order that the plain bias add summed in)
+            return grad_x, grad_weight, g.sum(axis=tuple(range(g.ndim - 1)))
         return grad_x, grad_weight
 
 
