@@ -2,11 +2,17 @@
 
     python benchmarks/train_throughput.py [--device cpu|gpu] [--presets tiny,small] [--batch-size 32]
         [--workers 1,2] [--blas-threads 1] [--no-cpu-kernels]
+    python benchmarks/train_throughput.py --count-launches [--presets tiny,small,paper,paper-cifar] [--batch-size 8]
 
 One training step = forward of the model, the hybrid DDPM loss, backward, AdamW update, exactly as
 ``python -m minisdit.train`` takes it (``Trainer.train_step``).  The first steps (warm-up: kernel
 compilation, allocator growth, starting the worker processes) are not timed.  On a CPU each preset is
 measured with each number of ``--workers`` (processes sharing a batch, minisdit/training/parallel.py).
+
+``--count-launches`` measures no time: it counts the device kernels that one step launches (forward,
+backward, optimizer: clipping, AdamW and EMA), on the CPU through the code path of the GPU
+(minisdit/kernel_checks/launches.py says what is counted).  The count does not depend on the batch
+size, so the CPU counts at a small batch (default 8) what a GPU step at batch 256 launches.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import numpy as np
 
 from minisdit import backend
 from minisdit.cli.common import add_cpu_arguments, configure_cpu_runtime
+from minisdit.kernel_checks.launches import PHASES, count_training_step
 from minisdit.training.config import RECIPES
 from minisdit.training.trainer import Trainer
 
@@ -48,6 +55,19 @@ def measure(preset: str, device: str, batch_size: int, steps: int, warmup: int, 
             trainer.close()
 
 
+def count_launches(presets, batch_size: int):
+    """Print the kernel launches of one training step per preset, by phase and by kind."""
+    print(f"kernel launches of one training step (GPU recipe, EMA on; batch {batch_size}: the count does not depend on it)")
+    print(f"{'preset':<12}" + "".join(f"{phase:>11}" for phase in PHASES) + f"{'total':>9}   by kind (all phases)")
+    for preset in presets:
+        counter = count_training_step(preset, batch_size=batch_size)
+        kinds = counter.by_kind()
+        transfers = kinds.pop("transfers", 0)
+        kinds = ", ".join(f"{kind} {n}" for kind, n in kinds.items()) + f"; and {transfers} host-to-device copies"
+        print(f"{preset:<12}" + "".join(f"{counter.launches(phase):>11}" for phase in PHASES)
+              + f"{counter.launches():>9}   {kinds}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
@@ -55,8 +75,13 @@ def main():
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 256 on GPU")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--workers", default="1,2", help="CPU only: comma list of worker-process counts to measure")
+    parser.add_argument("--count-launches", action="store_true",
+                        help="count the device kernels of one step per preset instead of timing (CPU; default presets: all, batch 8)")
     add_cpu_arguments(parser)
     args = parser.parse_args()
+    if args.count_launches:
+        count_launches((args.presets or "tiny,small,paper,paper-cifar").split(","), args.batch_size or 8)
+        return
     if args.device == "cpu":
         configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
     gpu = args.device == "gpu"

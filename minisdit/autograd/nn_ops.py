@@ -1,11 +1,12 @@
-"""Differentiable network ops (LayerNorm, Conv2d, Embedding, MSE, softmax attention): ``Function``s with a fused
-forward on raw arrays and a hand-written backward, in the notation of ``ops.py``."""
+"""Differentiable network ops (LayerNorm, Linear, Conv2d, Embedding, MSE, softmax attention): ``Function``s with a
+fused forward on raw arrays and a hand-written backward, in the notation of ``ops.py``."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+from . import backend
 from .ops import _xp
 from .tensor import Function, Tensor, unbroadcast
 
@@ -54,38 +55,111 @@ class LayerNorm(Function):
         return grads
 
 
-def _im2col(x, kernel_h, kernel_w, stride, padding):
-    """(N, C, H, W) -> (N, C*kh*kw, Ho*Wo) of the patches that each output pixel sees."""
+# One 2-D GEMM over all rows is what a GPU needs (tensor cores, TF32).  NumPy instead runs its
+# broadcast product, one GEMM per matrix of x: OpenBLAS rounds a row of a 2-D product differently
+# depending on how many rows the product has, so only per-matrix products keep a sample's result
+# independent of the batch it shares (data-parallel workers then agree with one process to float32
+# rounding) and the CPU results bitwise those of before.  Tests set this to run the GPU's flattened
+# products on NumPy arrays too.
+ONE_GEMM_ON_CPU = False
+
+
+def _one_gemm(array) -> bool:
+    return ONE_GEMM_ON_CPU or backend.is_gpu_array(array)
+
+
+def _times_matrix(a, matrix):
+    """a (..., K) @ matrix (K, O): one 2-D GEMM over the flattened rows on a GPU, NumPy's own product on the CPU."""
+    if a.ndim > 2 and _one_gemm(a):
+        return (a.reshape(-1, a.shape[-1]) @ matrix).reshape(a.shape[:-1] + (matrix.shape[-1],))
+    return a @ matrix
+
+
+class Linear(Function):
+    """y = x W^T + b for x of shape (..., in), W (out, in), b (out,): one 2-D GEMM over all rows.
+
+    The leading axes of x are flattened into R rows, X = x.reshape(R, in), G = g.reshape(R, out):
+        y = X W^T + b,   dL/dX = G W,   dL/dW = (X^T G)^T,   dL/db = sum over rows of G.
+    On a GPU each product is one 2-D GEMM: a (N, L, D) @ (D, O) product would be a batched GEMM
+    (cuBLAS ``sgemmBatched``, N small products) that never uses tensor cores or TF32; the weight
+    gradient is one 2-D GEMM on both devices (not N products plus a sum).  On the CPU y and dL/dX
+    are NumPy's per-matrix products (``ONE_GEMM_ON_CPU`` above says why).  One fused node (rather
+    than MatMul, Transpose and Add) also saves graph nodes and the bias add's own output array.
+    """
+
+    def forward(self, x, weight, bias=None):
+        self.x_shape, self.weight, self.has_bias = x.shape, weight, bias is not None
+        self.rows = x.reshape(-1, x.shape[-1])  # a view, or one copy of a strided x kept for dL/dW
+        if x.ndim > 2 and not _one_gemm(x):
+            y = x @ weight.T  # NumPy's per-matrix products (ONE_GEMM_ON_CPU says why)
+        else:
+            y = (self.rows @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
+        if bias is not None:
+            y += bias  # in place: y is a fresh product
+        return y
+
+    def backward(self, g):
+        grad_x = _times_matrix(g, self.weight) if self.needs_input_grad[0] else None
+        grad_weight = None
+        if self.needs_input_grad[1]:
+            grad_weight = (self.rows.T @ g.reshape(-1, g.shape[-1])).T  # cuBLAS takes the transposes as flags
+        if self.has_bias:  # one reduction over every leading axis (the order that the plain bias add summed in)
+            return grad_x, grad_weight, g.sum(axis=tuple(range(g.ndim - 1)))
+        return grad_x, grad_weight
+
+
+def _im2col(x, kernel_h, kernel_w, stride, padding, one_gemm: bool):
+    """The patch that each output pixel of a convolution of x (N, C, H, W) sees, as columns.
+
+    ``one_gemm``: (C*kh*kw, N*Ho*Wo), channels leading and every image's pixels following one another,
+    so that the convolution of the whole batch is a single 2-D product W (O, C*kh*kw) @ columns (the
+    GPU's layout).  Else (N, C*kh*kw, Ho*Wo): one matrix per image, NumPy's per-matrix products (the
+    CPU's, ``ONE_GEMM_ON_CPU`` says why)."""
     xp = _xp(x)
     n, c, h, w = x.shape
     if padding:
         x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     out_h = (h + 2 * padding - kernel_h) // stride + 1
     out_w = (w + 2 * padding - kernel_w) // stride + 1
-    columns = xp.empty((n, c, kernel_h, kernel_w, out_h, out_w), dtype=x.dtype)
+    if one_gemm:
+        x = x.transpose(1, 0, 2, 3)  # a view (C, N, H, W): each slice below copies into channel-major columns
+        columns = xp.empty((c, kernel_h, kernel_w, n, out_h, out_w), dtype=x.dtype)
+        patch = columns
+    else:
+        columns = xp.empty((n, c, kernel_h, kernel_w, out_h, out_w), dtype=x.dtype)
+        patch = columns.transpose(1, 2, 3, 0, 4, 5)  # a view with the channel-major axes of the loop below
+        x = x.transpose(1, 0, 2, 3)
     for i in range(kernel_h):
         for j in range(kernel_w):
-            columns[:, :, i, j] = x[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
-    return columns.reshape(n, c * kernel_h * kernel_w, out_h * out_w), out_h, out_w
+            patch[:, i, j] = x[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
+    shape = (c * kernel_h * kernel_w, n * out_h * out_w) if one_gemm else (n, c * kernel_h * kernel_w, out_h * out_w)
+    return columns.reshape(shape), out_h, out_w
 
 
-def _col2im(columns, input_shape, kernel_h, kernel_w, stride, padding, out_h, out_w):
-    """The adjoint of ``_im2col``: add every patch entry back to the pixel it came from."""
+def _col2im(columns, input_shape, kernel_h, kernel_w, stride, padding, out_h, out_w, one_gemm: bool):
+    """The adjoint of ``_im2col`` (same layout): add every patch entry back to the pixel it came from."""
     xp = _xp(columns)
     n, c, h, w = input_shape
-    columns = columns.reshape(n, c, kernel_h, kernel_w, out_h, out_w)
+    if one_gemm:
+        patch = columns.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
+    else:
+        patch = columns.reshape(n, c, kernel_h, kernel_w, out_h, out_w).transpose(1, 2, 3, 0, 4, 5)
     padded = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=columns.dtype)
+    channel_major = padded.transpose(1, 0, 2, 3)  # a view: the additions land in padded
     for i in range(kernel_h):
         for j in range(kernel_w):
-            padded[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride] += columns[:, :, i, j]
+            channel_major[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride] += patch[:, i, j]
     return padded[:, :, padding:padding + h, padding:padding + w]
 
 
 class Conv2d(Function):
-    """2-D cross-correlation as a matrix product over im2col patches.
+    """2-D cross-correlation as matrix products over im2col patches.
 
-    With P = im2col(x) of shape (N, C*kh*kw, L) and W flattened to (O, C*kh*kw):
-    y = W P + b;  dL/dW = sum_n g_n P_n^T,  dL/dP = W^T g  (then col2im),  dL/db = sum g.
+    With P = im2col(x), W flattened to (O, C*kh*kw) and g the incoming gradient:
+    y = W P + b;  dL/dW = g P^T,  dL/dP = W^T g  (then col2im),  dL/db = sum of g over all but O.
+    On a GPU (``_one_gemm``) P holds the whole batch's columns, (C*kh*kw, N*L), so each is a single
+    GEMM, at the price of one transpose of y from (O, N, L) to (N, O, L) and one of g back; on the
+    CPU P is (N, C*kh*kw, L) and each product is NumPy's per image, dL/dW summed over the images.
     """
 
     stride = 1
@@ -93,26 +167,38 @@ class Conv2d(Function):
 
     def forward(self, x, weight, bias=None):
         out_channels, _, kernel_h, kernel_w = weight.shape
+        self.one_gemm = _one_gemm(x)
         self.input_shape, self.weight_shape = x.shape, weight.shape
-        self.columns, self.out_h, self.out_w = _im2col(x, kernel_h, kernel_w, self.stride, self.padding)
+        self.columns, self.out_h, self.out_w = _im2col(x, kernel_h, kernel_w, self.stride, self.padding, self.one_gemm)
         self.weight_matrix = weight.reshape(out_channels, -1)
         self.has_bias = bias is not None
         y = self.weight_matrix @ self.columns
         if bias is not None:
-            y = y + bias[:, None]
-        return y.reshape(x.shape[0], out_channels, self.out_h, self.out_w)
+            y += bias[:, None]  # in place: y is a fresh product
+        if not self.one_gemm:
+            return y.reshape(x.shape[0], out_channels, self.out_h, self.out_w)
+        y = y.reshape(out_channels, x.shape[0], self.out_h, self.out_w).transpose(1, 0, 2, 3)
+        return _xp(y).ascontiguousarray(y)
 
     def backward(self, g):
         n, out_channels = g.shape[:2]
-        g = g.reshape(n, out_channels, -1)
-        grad_weight = (g @ _xp(g).swapaxes(self.columns, 1, 2)).sum(axis=0).reshape(self.weight_shape)
+        # the bias gradient from g as it comes, summed in the same order as a batch split over
+        # worker processes sums it (training/parallel.py): its terms cancel, so the order shows
+        grad_bias = g.reshape(n, out_channels, -1).sum(axis=(0, 2)) if self.has_bias else None
+        if self.one_gemm:
+            g = _xp(g).ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(out_channels, -1)
+            grad_weight = (g @ self.columns.T).reshape(self.weight_shape)
+        else:
+            g = g.reshape(n, out_channels, -1)
+            grad_weight = (g @ self.columns.transpose(0, 2, 1)).sum(axis=0).reshape(self.weight_shape)
         grad_x = None
         if self.needs_input_grad[0]:  # skipped for a constant input such as the images (saves the col2im)
             grad_columns = self.weight_matrix.T @ g
             _, _, kernel_h, kernel_w = self.weight_shape
-            grad_x = _col2im(grad_columns, self.input_shape, kernel_h, kernel_w, self.stride, self.padding, self.out_h, self.out_w)
+            grad_x = _col2im(grad_columns, self.input_shape, kernel_h, kernel_w, self.stride, self.padding,
+                             self.out_h, self.out_w, self.one_gemm)
         if self.has_bias:
-            return grad_x, grad_weight, g.sum(axis=(0, 2))
+            return grad_x, grad_weight, grad_bias
         return grad_x, grad_weight
 
 
@@ -203,6 +289,15 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     if bias is not None and weight is None:
         raise ValueError("layer_norm with a bias needs a weight too")
     return LayerNorm.apply(*inputs, eps=eps)
+
+
+def linear(x, weight, bias=None):
+    """x W^T + b over the last axis of x (W of shape (out, in)), as one 2-D GEMM (``Linear``)."""
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input has {x.shape[-1]} features but the weight {weight.shape} takes {weight.shape[1]}; "
+                         "pass an input whose last axis is the weight's second")
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+    return Linear.apply(*inputs)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import data
 from ..autograd import backend
+from ..autograd.precision import matmul_precision
 from ..data import dataset_spec
 from ..models import PRESETS
 from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     variant.add_argument("--spiking-embedding", dest="spiking_embedding", action="store_const", const=True, default=None,
                          help="pass the patch tokens through SN right after the patch embedding (no ANN front end)")
     add_cpu_arguments(parser)
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
+                        help="GPU only: float32 matrix products on TF32 tensor cores (faster, ~1e-3 relative error per "
+                             "product; default --no-tf32: exact float32; minisdit/autograd/precision.py)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal); print a line per logged step instead")
     return parser
 
@@ -169,7 +173,8 @@ def resumed_config(args, checkpoint: dict, device: str) -> TrainConfig:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with matmul_precision("tf32" if args.tf32 else "fp32"):  # restored after the command
+            return run(args)
     except KeyboardInterrupt:
         print("error: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130

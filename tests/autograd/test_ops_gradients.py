@@ -13,6 +13,8 @@ from hypothesis import given, strategies as st
 from minisdit import Tensor, backend
 from minisdit import functional as F
 from minisdit.autograd.gradcheck import gradcheck
+from minisdit.autograd import nn_ops
+from minisdit.autograd.nn_ops import linear  # the fused op behind nn.Linear
 
 seeds = st.integers(0, 2**32 - 1)
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=5)
@@ -451,6 +453,41 @@ def test_conv2d(device, settings, with_bias, seed):
     else:
         check_op(device, lambda t, w: F.conv2d(t, w, stride=stride, padding=padding), [x, weight],
                  conv2d_per_pixel(x, weight, None, stride, padding))
+
+
+@given(batch=hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4), features=st.integers(1, 5),
+       out_features=st.integers(1, 5), with_bias=st.booleans(), seed=seeds)
+def test_linear(device, batch, features, out_features, with_bias, seed):
+    """The fused Linear (one 2-D GEMM over the flattened rows) against x W^T + b, for any leading axes."""
+    rng = np.random.default_rng(seed)
+    x, weight, bias = normal(rng, batch + (features,)), normal(rng, (out_features, features)), normal(rng, out_features)
+    if with_bias:
+        check_op(device, linear, [x, weight, bias], np.einsum("...i,oi->...o", x, weight) + bias)
+    else:
+        check_op(device, linear, [x, weight], np.einsum("...i,oi->...o", x, weight))
+
+
+@given(batch=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=3), seed=seeds)
+def test_linear_as_the_gpu_runs_it(device, batch, seed):
+    """The flattened one-GEMM products that a GPU takes, run on NumPy arrays: the same values and gradients."""
+    rng = np.random.default_rng(seed)
+    x, weight, bias = normal(rng, batch + (3,)), normal(rng, (2, 3)), normal(rng, 2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nn_ops, "ONE_GEMM_ON_CPU", True)
+        check_op(device, linear, [x, weight, bias], np.einsum("...i,oi->...o", x, weight) + bias)
+
+
+def test_linear_of_a_transposed_input(device):
+    """A non-contiguous input (a transposed view) is flattened by a copy, not misread."""
+    rng = np.random.default_rng(0)
+    x, weight, bias = normal(rng, (3, 4, 2)), normal(rng, (5, 3)), normal(rng, 5)
+    check_op(device, lambda t, w, b: linear(F.permute(t, (2, 1, 0)), w, b), [x, weight, bias],
+             np.einsum("cli,oi->clo", x.transpose(2, 1, 0), weight) + bias)
+
+
+def test_linear_says_which_sizes_do_not_fit():
+    with pytest.raises(ValueError, match="input has 4 features but the weight .* takes 3"):
+        linear(Tensor(np.zeros((2, 4))), Tensor(np.zeros((5, 3))))
 
 
 @given(rows=st.integers(1, 6), dim=st.integers(1, 5),
