@@ -16,7 +16,7 @@ of ``token_shift_mix_backward`` plus one reduction over the samples (minisdit/ke
 On NumPy arrays the kernels run only with ``KERNELS_ON_CPU`` set inside ``runtime.cpu_kernels()``
 (the launch counter and tests): the forward is bitwise the reference, the backward sums in another
 order, and the layers keep today's composition on the CPU so that training stays bitwise as before
-(``mixes`` below).
+(``_mixes`` in layers.py).
 """
 from __future__ import annotations
 
