@@ -20,11 +20,22 @@ class LayerNorm(Function):
     With g_hat = g * weight and n features, the backward of the normalisation is
         dL/dx = (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)) / sqrt(var + eps),
     and dL/dweight = sum(g * x_hat), dL/dbias = sum(g) over every axis but the last.
+
+    ``fused`` (``apply(..., fused=...)``, as AdamW's ``fused=``) runs the weight-less case as one
+    forward and one backward kernel where ``fused.applies(x)``: ``fused.forward(x, eps)`` gives
+    (x_hat, mean, rstd per row) and ``fused.backward(g, x_hat, rstd)`` gives dL/dx by the formula
+    above (minisdit/kernels/layernorm.py; the kernels live above this layer, so they are handed in).
     """
 
     eps = 1e-5
+    fused = None
 
     def forward(self, x, weight=None, bias=None):
+        self.use_fused = (self.fused is not None and weight is None and bias is None and self.fused.applies(x))
+        if self.use_fused:
+            self.weight, self.has_bias = None, False
+            self.x_hat, _, self.inverse_std = self.fused.forward(x, self.eps)
+            return self.x_hat
         xp = _xp(x)
         mean = x.mean(axis=-1, keepdims=True)
         centred = x - mean
@@ -40,6 +51,8 @@ class LayerNorm(Function):
         return y
 
     def backward(self, g):
+        if self.use_fused:
+            return (self.fused.backward(g, self.x_hat, self.inverse_std),)
         reduce_axes = tuple(range(g.ndim - 1))
         grad_weight = (g * self.x_hat).sum(axis=reduce_axes) if self.weight is not None else None
         grad_bias = g.sum(axis=reduce_axes) if self.has_bias else None
@@ -284,11 +297,12 @@ class ScaledDotProductAttention(Function):
 def mse(a, b): return MSE.apply(a, b)
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, fused=None):
+    """LayerNorm over the last axis; ``fused`` as in ``LayerNorm`` (kernels for the weight-less case)."""
     inputs = [x] + [p for p in (weight, bias) if p is not None]
     if bias is not None and weight is None:
         raise ValueError("layer_norm with a bias needs a weight too")
-    return LayerNorm.apply(*inputs, eps=eps)
+    return LayerNorm.apply(*inputs, eps=eps, fused=fused)
 
 
 def linear(x, weight, bias=None):

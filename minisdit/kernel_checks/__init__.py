@@ -1,6 +1,6 @@
 """The kernel workflow of llm.c's ``dev/cuda``, one module per kernel file (docs/DESIGN.md §7).
 
-Each of ``lif``, ``wkv``, ``ddpm_loss`` and ``optim`` puts in one place
+Each of ``lif``, ``wkv``, ``ddpm_loss``, ``optim``, ``layernorm`` and ``token_shift`` puts in one place
 
 * which NumPy reference the kernels of ``minisdit/kernels/<name>.cu`` must match (the module
   docstring's REFERENCE paragraph),
@@ -15,8 +15,9 @@ command lines over ``benchmark``.  This package sits at the top of the layers, n
 ``minisdit.cli``, because the references live in ``snn``, ``rwkv`` and ``diffusion``, which are
 above ``minisdit.kernels``.
 """
-from . import ddpm_loss, lif, optim, wkv
+from . import ddpm_loss, layernorm, lif, optim, token_shift, wkv
 
-KERNEL_CHECKS = {"lif": lif, "wkv": wkv, "ddpm_loss": ddpm_loss, "optim": optim}
+KERNEL_CHECKS = {"lif": lif, "wkv": wkv, "ddpm_loss": ddpm_loss, "optim": optim, "layernorm": layernorm,
+                 "token_shift": token_shift}
 
-__all__ = ["KERNEL_CHECKS", "ddpm_loss", "lif", "optim", "wkv"]
+__all__ = ["KERNEL_CHECKS", "ddpm_loss", "layernorm", "lif", "optim", "token_shift", "wkv"]

@@ -16,7 +16,9 @@ GPU is needed to count them: the step runs on NumPy arrays that stand in for CuP
   none; ``asarray`` of host data is a host-to-device copy (counted apart, as ``transfers``: no
   kernel).  Because it is not NumPy itself, the ops take their GPU branches (``cupyx.scatter_add``
   is played by ``add.at``).
-* ``Linear`` takes the GPU's flattened products (``nn_ops.ONE_GEMM_ON_CPU``), copies included.
+* ``Linear`` takes the GPU's flattened products (``nn_ops.ONE_GEMM_ON_CPU``), copies included, and
+  LayerNorm and the token shift their kernels (``kernels.layernorm.KERNELS_ON_CPU``,
+  ``rwkv.shift_mix.KERNELS_ON_CPU``: on the CPU they otherwise keep their bitwise references).
 * every ``.cu`` RawKernel launch (``kernels.runtime.launch``) is one launch, with the ops inside
   ``cpu_kernels()`` so that they run their kernels, as they do on a GPU.
 
@@ -39,7 +41,8 @@ import numpy as np
 
 from ..autograd import backend, nn_ops
 from ..autograd.tensor import Tensor
-from ..kernels import runtime
+from ..kernels import layernorm, runtime
+from ..rwkv import shift_mix
 from ..training.config import RECIPES
 from ..training.trainer import Trainer
 
@@ -276,6 +279,8 @@ class LaunchCounter:
         saved_cupyx = sys.modules.get("cupyx")
         backend.array_module_of, runtime.launch, sys.modules["cupyx"] = array_module_of, launch, cupyx
         one_gemm_on_cpu, nn_ops.ONE_GEMM_ON_CPU = nn_ops.ONE_GEMM_ON_CPU, True  # the GPU's flattened products
+        gpu_paths = (layernorm.KERNELS_ON_CPU, shift_mix.KERNELS_ON_CPU)
+        layernorm.KERNELS_ON_CPU = shift_mix.KERNELS_ON_CPU = True  # the GPU's fused kernels
         _State.counter = self
         try:
             with runtime.cpu_kernels():
@@ -284,6 +289,7 @@ class LaunchCounter:
             _State.counter = None
             backend.array_module_of, runtime.launch = original_module_of, original_launch
             nn_ops.ONE_GEMM_ON_CPU = one_gemm_on_cpu
+            layernorm.KERNELS_ON_CPU, shift_mix.KERNELS_ON_CPU = gpu_paths
             if saved_cupyx is None:
                 sys.modules.pop("cupyx", None)
             else:

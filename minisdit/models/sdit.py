@@ -44,6 +44,7 @@ from ..autograd import nn
 from ..rwkv import ChannelMix, TimeMix
 from ..snn import SpikeRate
 from ..autograd.tensor import Tensor
+from ..kernels.layernorm import FUSED_LAYER_NORM
 from .attention import SelfAttention
 from .reconstruction import ReconstructionModule
 
@@ -154,8 +155,8 @@ class SDiTBlock(nn.Module):
             # one (M, D) token matrix shared by the batch: its gradient is the sum over the batch
             tokens = F.broadcast_to(self.recon_token, (n, m, d))
             z = F.concat([x, tokens], axis=1)
-        z = z + self.att_neuron(self.att(F.layer_norm(z, eps=1e-6)))
-        z = z + self.ffn_neuron(self.ffn(F.layer_norm(z, eps=1e-6)))
+        z = z + self.att_neuron(self.att(F.layer_norm(z, eps=1e-6, fused=FUSED_LAYER_NORM)))
+        z = z + self.ffn_neuron(self.ffn(F.layer_norm(z, eps=1e-6, fused=FUSED_LAYER_NORM)))
         if not self.reconstruction:
             return z
         return self.recon(z[:, :m], z[:, m:])
@@ -171,7 +172,7 @@ class FinalLayer(nn.Module):
         self.conv = nn.Conv2d(out_channels, out_channels, 3, padding=1, rng=rng)
 
     def forward(self, x, grid_size):
-        x = self.linear(F.layer_norm(x, eps=1e-6))[:, 1:]
+        x = self.linear(F.layer_norm(x, eps=1e-6, fused=FUSED_LAYER_NORM))[:, 1:]
         return self.conv(unpatchify(x, grid_size, self.patch_size, self.out_channels))
 
 

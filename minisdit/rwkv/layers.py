@@ -11,6 +11,7 @@ import numpy as np
 
 from ..autograd import functional as F
 from ..autograd.nn import Linear, Module, Parameter, _generator
+from .shift_mix import kernels_apply, token_shift_mix
 from .wkv_operator import wkv
 
 # ---------------------------------------------------------------------------------------------
@@ -24,6 +25,15 @@ def token_shift(x):
 def _mix(x, shifted, mix):
     """mu * z_n + (1 - mu) * z_{n-1}, per channel."""
     return x * mix + shifted * (1 - mix)
+
+
+def _mixes(x, *mixes):
+    """The token shift with its mixes: one fused ``TokenShiftMix`` where its kernels run (a GPU), else
+    this composition, whose float operations and gradient sums keep CPU training bitwise as before."""
+    if kernels_apply(x.data):
+        return token_shift_mix(x, *mixes)
+    shifted = token_shift(x)
+    return [_mix(x, shifted, mix) for mix in mixes]
 
 
 def _check_layer(dim: int, layer_id: int, depth: int, projection_init: str):
@@ -84,10 +94,10 @@ class TimeMix(Module):
 
     def forward(self, x):
         _check_tokens(x, self.dim)
-        shifted = token_shift(x)
-        k = self.key(_mix(x, shifted, self.time_mix_k))
-        v = self.value(_mix(x, shifted, self.time_mix_v))
-        r = self.receptance(_mix(x, shifted, self.time_mix_r))
+        x_k, x_v, x_r = _mixes(x, self.time_mix_k, self.time_mix_v, self.time_mix_r)
+        k = self.key(x_k)
+        v = self.value(x_v)
+        r = self.receptance(x_r)
         return self.output(F.sigmoid(r) * wkv(self.time_decay, self.time_first, k, v))
 
 
@@ -113,9 +123,9 @@ class ChannelMix(Module):
 
     def forward(self, x):
         _check_tokens(x, self.dim)
-        shifted = token_shift(x)
-        k = F.relu(self.key(_mix(x, shifted, self.time_mix_k))) ** 2
-        r = self.receptance(_mix(x, shifted, self.time_mix_r))
+        x_k, x_r = _mixes(x, self.time_mix_k, self.time_mix_r)
+        k = F.relu(self.key(x_k)) ** 2
+        r = self.receptance(x_r)
         return F.sigmoid(r) * self.value(k)
 
 
