@@ -88,7 +88,7 @@ class TimeMix(Module):
         k = self.key(_mix(x, shifted, self.time_mix_k))
         v = self.value(_mix(x, shifted, self.time_mix_v))
         r = self.receptance(_mix(x, shifted, self.time_mix_r))
-        return self.output(F.sigmoid(r) * wkv(self.time_decay, self.time_first, k, v))
+        return self.output(wkv(self.time_decay, self.time_first, k, v, r=r))  # σ(r) ⊙ wkv in one op
 
 
 class ChannelMix(Module):
