@@ -21,7 +21,8 @@ GPU is needed to count them: the step runs on NumPy arrays that stand in for CuP
   They are no launches; ``device_to_host`` counts them apart, with where each came from
   (``device_to_host_sites``), so that a test can assert that a step has none.  Because it is not NumPy itself, the ops take their GPU branches (``cupyx.scatter_add``
   is played by ``add.at``).
-* ``Linear`` takes the GPU's flattened products (``nn_ops.ONE_GEMM_ON_CPU``), copies included.
+* ``Linear`` takes the GPU's flattened products (``nn_ops.ONE_GEMM_ON_CPU``), copies included, and
+  TimeMix's gate runs inside the WKV kernels (``wkv_operator.GATE_IN_KERNEL_ON_CPU``), as on a GPU.
 * every ``.cu`` RawKernel launch (``kernels.runtime.launch``) is one launch, with the ops inside
   ``cpu_kernels()`` so that they run their kernels, as they do on a GPU.
 
@@ -45,6 +46,7 @@ import numpy as np
 from ..autograd import backend, nn_ops
 from ..autograd.tensor import Tensor
 from ..kernels import runtime
+from ..rwkv import wkv_operator
 from ..training.config import RECIPES
 from ..training.trainer import Trainer
 
@@ -329,6 +331,7 @@ class LaunchCounter:
         backend.array_module_of, runtime.launch, sys.modules["cupyx"] = array_module_of, launch, cupyx
         backend.to_device = to_device
         one_gemm_on_cpu, nn_ops.ONE_GEMM_ON_CPU = nn_ops.ONE_GEMM_ON_CPU, True  # the GPU's flattened products
+        gate_in_kernel, wkv_operator.GATE_IN_KERNEL_ON_CPU = wkv_operator.GATE_IN_KERNEL_ON_CPU, True
         _State.counter = self
         try:
             with runtime.cpu_kernels():
@@ -338,6 +341,7 @@ class LaunchCounter:
             backend.array_module_of, runtime.launch = original_module_of, original_launch
             backend.to_device = original_to_device
             nn_ops.ONE_GEMM_ON_CPU = one_gemm_on_cpu
+            wkv_operator.GATE_IN_KERNEL_ON_CPU = gate_in_kernel
             if saved_cupyx is None:
                 sys.modules.pop("cupyx", None)
             else:
@@ -363,7 +367,15 @@ def on_counting_device(trainer) -> None:
     """Put a CPU ``Trainer`` on the stand-in device: its weights, optimizer and EMA state become
     DeviceArrays and its array module ``CountingModule``, so that the data set and every batch
     cross to the "device" as they do on a GPU."""
-    for parameter in trainer.model.parameters():
+    # the flat buffers first, then every parameter's data and gradient their views again (so that
+    # the optimizer's ``attach`` finds them in place, as on a GPU, and copies nothing)
+    flat = trainer.optimizer.flat
+    flat.data, flat.grad, flat.xp = flat.data.view(DeviceArray), flat.grad.view(DeviceArray), _MODULE
+    flat.data_views, flat.grad_views = flat.views(flat.data), flat.views(flat.grad)
+    for parameter, data, grad in zip(flat.params, flat.data_views, flat.grad_views):
+        parameter.data = data
+        parameter.grad = None if parameter.grad is None else grad
+    for parameter in trainer.model.parameters():  # any not in the optimizer
         parameter.data = parameter.data.view(DeviceArray)
     for owner in (trainer.optimizer, trainer.ema):
         if owner is not None:

@@ -25,6 +25,12 @@ from ..kernels import runtime
 MIN_EXPONENT = -1e38
 
 KERNEL_FILE = "wkv.cu"
+# The gate inside the kernel on a GPU; on the CPU's C++ kernels the WKV kernel alone and the gate
+# by NumPy: C++'s expf rounds σ(r) differently from NumPy's exp in the last bit now and then, and
+# the CPU training must stay bitwise what it was (a 60-step MNIST run parted at step 10).  Tests and
+# the launch counter set this to run the GPU's gated kernels on NumPy arrays too.
+GATE_IN_KERNEL_ON_CPU = False
+
 # Threads per block.  A WKV launch has only batch * channels threads (12,288 for the paper's
 # model), so small blocks spread them over all the streaming multiprocessors; each warp still
 # reads 32 consecutive channels, i.e. whole 128-byte lines.
@@ -282,6 +288,8 @@ class GatedWKV(WKV):
     """out = σ(r) ⊙ WKV(time_decay, time_first, k, v): TimeMix's gated value as one operator.
 
     Backward: dL/dr and dL/dwkv from ``gated_backward_numpy``, then the WKV backward with dL/dwkv.
+    One launch each way on a GPU (``wkv_gated_forward``/``wkv_gated_backward``); with the CPU's
+    compiled kernels the plain WKV kernels and the gate in NumPy (``GATE_IN_KERNEL_ON_CPU``).
     r comes first among the inputs so that the backward pass walks the graph's branches in the
     order it walked them for ``F.sigmoid(r) * wkv(...)`` (the product's second factor, the WKV
     inputs, first): the gradients that meet at TimeMix's input add up in the same order, bitwise
@@ -300,10 +308,12 @@ class GatedWKV(WKV):
         u = xp.ascontiguousarray(time_first.astype(dtype, copy=False))
         k, v, r = xp.ascontiguousarray(k), xp.ascontiguousarray(v), xp.ascontiguousarray(r)
         self.use_kernels = runtime.kernels_run_on(k)
-        if self.use_kernels:
+        self.gate_in_kernel = self.use_kernels and (GATE_IN_KERNEL_ON_CPU or backend.is_gpu_array(k))
+        if self.gate_in_kernel:
             out, y, log_denominator = wkv_gated_forward_kernel(w, u, k, v, r)
         else:
-            y, log_denominator = wkv_forward_numpy(w, u, k, v)
+            forward = wkv_forward_kernel if self.use_kernels else wkv_forward_numpy
+            y, log_denominator = forward(w, u, k, v)
             out = gated_forward_numpy(r, y)
         self.saved = (w, u, k, v, r, y, log_denominator)
         return out
@@ -312,12 +322,13 @@ class GatedWKV(WKV):
         w, u, k, v, r, y, log_denominator = self.saved
         xp = backend.array_module_of(k)
         grad_out = xp.ascontiguousarray(grad_out.astype(k.dtype, copy=False))
-        if self.use_kernels:
+        if self.gate_in_kernel:
             grad_k, grad_v, grad_r, grad_w, grad_u = wkv_gated_backward_kernel(w, u, k, v, r, y, log_denominator,
                                                                                grad_out)
         else:
             grad_r, grad_y = gated_backward_numpy(r, y, grad_out)
-            grad_k, grad_v, grad_w, grad_u = wkv_backward_numpy(w, u, k, v, y, log_denominator, grad_y)
+            backward = wkv_backward_kernel if self.use_kernels else wkv_backward_numpy
+            grad_k, grad_v, grad_w, grad_u = backward(w, u, k, v, y, log_denominator, grad_y)
         return (grad_r,) + self._vector_grads(w, grad_w, grad_u) + (grad_k, grad_v)
 
 

@@ -11,6 +11,7 @@ from minisdit import Tensor, backend
 from minisdit.kernel_checks import wkv as wkv_check
 from minisdit.kernels import runtime
 from minisdit.autograd.gradcheck import gradcheck
+from minisdit.rwkv import wkv_operator
 from minisdit.rwkv.wkv_operator import (kernel_defines, wkv, wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel,
                                         wkv_forward_numpy, wkv_quadratic_numpy)
 
@@ -310,9 +311,10 @@ def test_gated_on_numpy_is_bitwise_the_separate_sigmoid_and_product():
 
 @needs_compiler
 @pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
-def test_gated_op_with_cpu_kernels_matches_the_reference(scalar_t):
-    """Inside cpu_kernels() the op runs wkv_gated_forward/backward (one launch each): the reference's
-    values to float rounding (σ is computed in the kernel, not by NumPy)."""
+def test_gated_op_with_the_gated_kernels_matches_the_reference(scalar_t, monkeypatch):
+    """With the GPU's gated kernels (wkv_gated_forward/backward, one launch each) on the CPU build:
+    the reference's values to float rounding (σ is computed in the kernel, not by NumPy)."""
+    monkeypatch.setattr(wkv_operator, "GATE_IN_KERNEL_ON_CPU", True)
     dtype = VARIANTS[scalar_t]
     rng = np.random.default_rng(9)
     arrays = random_inputs(rng, 3, 17, 37, 3.0, dtype=dtype)
@@ -329,6 +331,26 @@ def test_gated_op_with_cpu_kernels_matches_the_reference(scalar_t):
     for name, kernel, reference in zip(("out", "time_decay", "time_first", "k", "v", "r"), *reversed(results)):
         assert kernel.dtype == reference.dtype, name
         np.testing.assert_allclose(kernel, reference, rtol=rtol, atol=rtol * np.abs(reference).max(), err_msg=name)
+
+
+@needs_compiler
+def test_gated_op_with_cpu_kernels_is_bitwise_the_separate_sigmoid_and_product():
+    """The CPU training's path (compiled kernels selected): the plain WKV kernels with the gate in
+    NumPy, bitwise what F.sigmoid(r) * wkv(...) gave."""
+    from minisdit.autograd import ops as F
+    rng = np.random.default_rng(10)
+    arrays = random_inputs(rng, 2, 13, 6, 3.0, dtype=np.float32)
+    arrays.append(random_gate(rng, arrays[2].shape, dtype=np.float32))
+    projection = Tensor(rng.standard_normal(arrays[2].shape).astype(np.float32))
+    results = []
+    for fn in (lambda td, tf, k, v, r: F.sigmoid(r) * wkv(td, tf, k, v), gated):
+        leaves = [Tensor(a, requires_grad=True) for a in arrays]
+        with runtime.cpu_kernels():
+            out = fn(*leaves)
+            (out * projection).sum().backward()
+        results.append([out.data] + [leaf.grad for leaf in leaves])
+    for separate, fused in zip(*results):
+        assert np.array_equal(fused, separate)
 
 
 def test_gated_op_refuses_a_gate_unlike_k():
