@@ -373,7 +373,7 @@ def on_counting_device(trainer) -> None:
     flat.data, flat.grad, flat.xp = flat.data.view(DeviceArray), flat.grad.view(DeviceArray), _MODULE
     flat.data_views, flat.grad_views = flat.views(flat.data), flat.views(flat.grad)
     for parameter, data, grad in zip(flat.params, flat.data_views, flat.grad_views):
-        parameter.data = data
+        parameter.data, parameter._grad_view = data, grad
         parameter.grad = None if parameter.grad is None else grad
     for parameter in trainer.model.parameters():  # any not in the optimizer
         parameter.data = parameter.data.view(DeviceArray)
