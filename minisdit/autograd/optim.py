@@ -293,10 +293,10 @@ def clip_grad_norm(params, max_norm: float) -> float:
 
     ‖g‖ = sqrt(Σ_p Σ_i g_{p,i}²) over every parameter with a gradient; when ‖g‖ > max_norm each
     gradient is multiplied by max_norm / (‖g‖ + 1e-6) (PyTorch's ``clip_grad_norm_``).  Returns
-    ‖g‖ before clipping.
+    ‖g‖ before clipping: a float, or on a GPU a 0-d device array (read it when it is logged).
 
     ``params`` a ``FlatParameters`` (``optimizer.flat``, what the trainer passes): on a GPU one
-    float64 reduction over the flat gradient buffer; on NumPy the same sum taken parameter view by
+    float64 reduction over the flat gradient buffer and a multiply by min(1, scale), nothing read on the host; on NumPy the same sum taken parameter view by
     parameter view (blocks of the buffer small enough for the cache; their partial sums added in
     the parameters' order, as before flat buffers); then one in-place multiply of the buffer.  A Module or a list: the partial sums of its gradients, which are replaced, not scaled
     in place, because outside a flat buffer autograd may hand the same array to two parameters
@@ -307,10 +307,14 @@ def clip_grad_norm(params, max_norm: float) -> float:
     if isinstance(params, FlatParameters):
         params.gather_grads()
         buffer = params.grad
-        if backend.is_gpu_array(buffer):
-            total = math.sqrt(_sum_of_squares(buffer))
-        else:
-            total = math.sqrt(sum(_sum_of_squares(view) for view in params.grad_views))
+        xp = backend.array_module_of(buffer)
+        if xp is not np:
+            # on the device throughout, nothing read on the host (a read would wait for the GPU):
+            # the factor min(1, max_norm / (‖g‖ + 1e-6)), and a multiply by 1 changes no gradient
+            total = xp.sqrt((buffer.astype(np.float64) ** 2).sum())
+            buffer *= xp.minimum(max_norm / (total + 1e-6), 1.0).astype(buffer.dtype)
+            return total
+        total = math.sqrt(sum(_sum_of_squares(view) for view in params.grad_views))
         scale = max_norm / (total + 1e-6)
         if scale < 1.0:
             buffer *= buffer.dtype.type(scale)

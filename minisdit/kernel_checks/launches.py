@@ -14,11 +14,17 @@ GPU is needed to count them: the step runs on NumPy arrays that stand in for CuP
 * ``backend.array_module_of`` answers such an array with ``CountingModule``, the array module that
   plays CuPy: its ``zeros``/``ones``/``full`` (and ``*_like``) launch one fill each, ``empty``
   none; ``asarray`` of host data is a host-to-device copy (counted apart, as ``transfers``: no
-  kernel).  Because it is not NumPy itself, the ops take their GPU branches (``cupyx.scatter_add``
+  kernel; its bytes are summed in ``host_to_device_bytes``).
+* reading a DeviceArray on the host is a device-to-host copy, which on a GPU also waits for every
+  kernel queued before it: ``float()``, ``int()``, ``bool()`` (an ``if`` on an array),
+  ``.item()``, ``.tolist()``, ``.get()``, formatting, and ``backend.to_numpy``/``to_device(.., "cpu")``.
+  They are no launches; ``device_to_host`` counts them apart, with where each came from
+  (``device_to_host_sites``), so that a test can assert that a step has none.  Because it is not NumPy itself, the ops take their GPU branches (``cupyx.scatter_add``
   is played by ``add.at``).
 * ``Linear`` takes the GPU's flattened products (``nn_ops.ONE_GEMM_ON_CPU``), copies included, and
   LayerNorm and the token shift their kernels (``kernels.layernorm.KERNELS_ON_CPU``,
-  ``rwkv.shift_mix.KERNELS_ON_CPU``: on the CPU they otherwise keep their bitwise references).
+  ``rwkv.shift_mix.KERNELS_ON_CPU``: on the CPU they otherwise keep their bitwise references), and
+  TimeMix's gate runs inside the WKV kernels (``wkv_operator.GATE_IN_KERNEL_ON_CPU``), as on a GPU.
 * every ``.cu`` RawKernel launch (``kernels.runtime.launch``) is one launch, with the ops inside
   ``cpu_kernels()`` so that they run their kernels, as they do on a GPU.
 
@@ -42,7 +48,7 @@ import numpy as np
 from ..autograd import backend, nn_ops
 from ..autograd.tensor import Tensor
 from ..kernels import layernorm, runtime
-from ..rwkv import shift_mix
+from ..rwkv import shift_mix, wkv_operator
 from ..training.config import RECIPES
 from ..training.trainer import Trainer
 
@@ -58,6 +64,20 @@ class _State:
 def _count(kind: str, amount: int = 1):
     if _State.counter is not None and _State.depth == 0:
         _State.counter.counts[(_State.phase, kind)] += amount
+
+
+def _count_to_host():
+    """One device-to-host copy (a blocking read on a GPU), with the line of the library that asked."""
+    if _State.counter is not None and _State.depth == 0:
+        _State.counter.device_to_host += 1
+        _State.counter.device_to_host_sites.append(_caller())
+
+
+def _caller() -> str:
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename in (__file__, backend.__file__):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
 
 
 @contextlib.contextmanager
@@ -185,6 +205,20 @@ class DeviceArray(np.ndarray):
         _count("scatter" if not _is_basic_index(index) else "copy")
         self.view(np.ndarray)[_plain(index)] = _plain(value)
 
+    # reads on the host: device-to-host copies (no launch)
+    def _on_host(self):
+        _count_to_host()
+        return self.view(np.ndarray)
+
+    def __float__(self): return float(self._on_host())
+    def __int__(self): return int(self._on_host())
+    def __index__(self): return self._on_host().__index__()
+    def __bool__(self): return bool(self._on_host())
+    def __format__(self, spec): return format(self._on_host(), spec)
+    def item(self, *args): return self._on_host().item(*args)
+    def tolist(self): return self._on_host().tolist()
+    def get(self): return self._on_host().copy()  # CuPy's copy to a host array
+
 
 class CountingModule(types.ModuleType):
     """The array module of DeviceArrays: NumPy's functions, with array creation on the "device"."""
@@ -212,8 +246,11 @@ class CountingModule(types.ModuleType):
     def asarray(self, a, dtype=None, **kwargs):
         if isinstance(a, DeviceArray):
             return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+        result = np.array(a, dtype=dtype, **kwargs)
         _count("transfers")  # host data to the device: a copy over PCIe, not a kernel
-        return np.array(a, dtype=dtype, **kwargs).view(DeviceArray)
+        if _State.counter is not None and _State.depth == 0:
+            _State.counter.host_to_device_bytes += result.nbytes
+        return result.view(DeviceArray)
 
     array = asarray
 
@@ -237,9 +274,19 @@ def _scatter_add(array, index, values):
 
 @dataclasses.dataclass
 class LaunchCounter:
-    """Launches by (phase, kind); ``transfers`` are host-to-device copies, kept apart (no kernel)."""
+    """Launches by (phase, kind); ``transfers`` are host-to-device copies, kept apart (no kernel), and
+    ``host_to_device_bytes`` their size; ``device_to_host`` the reads on the host, each one's caller
+    in ``device_to_host_sites``."""
 
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    host_to_device_bytes: int = 0
+    device_to_host: int = 0
+    device_to_host_sites: list = dataclasses.field(default_factory=list)
+
+    def clear(self):
+        self.counts.clear()
+        self.host_to_device_bytes, self.device_to_host = 0, 0
+        self.device_to_host_sites.clear()
 
     def launches(self, phase: str | None = None) -> int:
         return sum(n for (p, kind), n in self.counts.items() if kind != "transfers" and phase in (None, p))
@@ -265,9 +312,15 @@ class LaunchCounter:
         if _State.counter is not None:
             raise RuntimeError("a launch count is already running; counts do not nest")
         original_module_of, original_launch = backend.array_module_of, runtime.launch
+        original_to_device = backend.to_device
 
         def array_module_of(array):
             return _MODULE if isinstance(array, DeviceArray) else original_module_of(array)
+
+        def to_device(array, device):
+            if device == "cpu" and isinstance(array, DeviceArray):
+                return array.get()
+            return original_to_device(array, device)
 
         def launch(kernel, threads, args, *rest, **kwargs):
             if threads:
@@ -278,9 +331,11 @@ class LaunchCounter:
         cupyx.scatter_add = _scatter_add
         saved_cupyx = sys.modules.get("cupyx")
         backend.array_module_of, runtime.launch, sys.modules["cupyx"] = array_module_of, launch, cupyx
+        backend.to_device = to_device
         one_gemm_on_cpu, nn_ops.ONE_GEMM_ON_CPU = nn_ops.ONE_GEMM_ON_CPU, True  # the GPU's flattened products
-        gpu_paths = (layernorm.KERNELS_ON_CPU, shift_mix.KERNELS_ON_CPU)
-        layernorm.KERNELS_ON_CPU = shift_mix.KERNELS_ON_CPU = True  # the GPU's fused kernels
+        gpu_paths = (layernorm.KERNELS_ON_CPU, shift_mix.KERNELS_ON_CPU, wkv_operator.GATE_IN_KERNEL_ON_CPU)
+        # the GPU's fused kernels: LayerNorm, the token shift, the gate inside WKV
+        layernorm.KERNELS_ON_CPU = shift_mix.KERNELS_ON_CPU = wkv_operator.GATE_IN_KERNEL_ON_CPU = True
         _State.counter = self
         try:
             with runtime.cpu_kernels():
@@ -288,8 +343,9 @@ class LaunchCounter:
         finally:
             _State.counter = None
             backend.array_module_of, runtime.launch = original_module_of, original_launch
+            backend.to_device = original_to_device
             nn_ops.ONE_GEMM_ON_CPU = one_gemm_on_cpu
-            layernorm.KERNELS_ON_CPU, shift_mix.KERNELS_ON_CPU = gpu_paths
+            layernorm.KERNELS_ON_CPU, shift_mix.KERNELS_ON_CPU, wkv_operator.GATE_IN_KERNEL_ON_CPU = gpu_paths
             if saved_cupyx is None:
                 sys.modules.pop("cupyx", None)
             else:
@@ -311,6 +367,26 @@ def to_device_arrays(owner) -> None:
                     value[key] = v.view(DeviceArray)
 
 
+def on_counting_device(trainer) -> None:
+    """Put a CPU ``Trainer`` on the stand-in device: its weights, optimizer and EMA state become
+    DeviceArrays and its array module ``CountingModule``, so that the data set and every batch
+    cross to the "device" as they do on a GPU."""
+    # the flat buffers first, then every parameter's data and gradient their views again (so that
+    # the optimizer's ``attach`` finds them in place, as on a GPU, and copies nothing)
+    flat = trainer.optimizer.flat
+    flat.data, flat.grad, flat.xp = flat.data.view(DeviceArray), flat.grad.view(DeviceArray), _MODULE
+    flat.data_views, flat.grad_views = flat.views(flat.data), flat.views(flat.grad)
+    for parameter, data, grad in zip(flat.params, flat.data_views, flat.grad_views):
+        parameter.data, parameter._grad_view = data, grad
+        parameter.grad = None if parameter.grad is None else grad
+    for parameter in trainer.model.parameters():  # any not in the optimizer
+        parameter.data = parameter.data.view(DeviceArray)
+    for owner in (trainer.optimizer, trainer.ema):
+        if owner is not None:
+            to_device_arrays(owner)
+    trainer.xp = _MODULE
+
+
 def count_training_step(preset: str, batch_size: int = 8, ema: float = 0.9999, grad_clip: float = 0.0) -> LaunchCounter:
     """Launches of one ``Trainer.train_step`` (its second: the first creates optimizer state), by phase.
 
@@ -328,12 +404,7 @@ def count_training_step(preset: str, batch_size: int = 8, ema: float = 0.9999, g
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(config, images, labels, Path(folder), progress=False)
         try:
-            for parameter in trainer.model.parameters():
-                parameter.data = parameter.data.view(DeviceArray)
-            for owner in (trainer.optimizer, trainer.ema):
-                if owner is not None:
-                    to_device_arrays(owner)
-            trainer.xp = _MODULE  # the batch crosses to the "device" as on a GPU
+            on_counting_device(trainer)
             update, backward = trainer.update, Tensor.backward
 
             def counted_update(record):
@@ -349,7 +420,7 @@ def count_training_step(preset: str, batch_size: int = 8, ema: float = 0.9999, g
             try:
                 with counter.counting():
                     trainer.train_step()  # creates the optimizer's state: not a typical step
-                    counter.counts.clear()
+                    counter.clear()
                     with counter.phase("forward"):
                         trainer.train_step()
             finally:

@@ -1,23 +1,30 @@
-"""minisdit/kernels/wkv.cu: the RWKV-4 WKV operator, forward and backward (docs/DESIGN.md §3, §7).
+"""minisdit/kernels/wkv.cu: the RWKV-4 WKV operator, forward and backward, alone and gated by
+σ(r) as TimeMix uses it (docs/DESIGN.md §3, §7).
 
 REFERENCE: ``minisdit.rwkv.wkv_operator`` -- ``wkv_forward_numpy`` and ``wkv_backward_numpy``
 (the stable running-maximum recurrences, derived in their docstrings; they are checked in turn
-against the O(L^2) definition ``wkv_quadratic_numpy`` by tests/rwkv).  The kernels run through
-``wkv_forward_kernel`` and ``wkv_backward_kernel``, the functions the ``WKV`` Function uses.
+against the O(L^2) definition ``wkv_quadratic_numpy`` by tests/rwkv), and for the gated kernels
+``gated_forward_numpy``/``gated_backward_numpy`` around them.  The kernels run through
+``wkv_forward_kernel``, ``wkv_backward_kernel``, ``wkv_gated_forward_kernel`` and
+``wkv_gated_backward_kernel``, the functions the ``WKV`` and ``GatedWKV`` Functions use.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..kernels import runtime
-from ..rwkv.wkv_operator import (KERNEL_FILE, kernel_defines, wkv_backward_kernel, wkv_backward_numpy,
-                                 wkv_forward_kernel, wkv_forward_numpy)
+from ..rwkv.wkv_operator import (KERNEL_FILE, gated_backward_numpy, gated_forward_numpy, kernel_defines,
+                                 wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel, wkv_forward_numpy,
+                                 wkv_gated_backward_kernel, wkv_gated_forward_kernel)
 from .common import outputs_poisoned, TOLERANCES, best_time, on_device, timing, worst_error
 
-KERNELS = ("wkv_forward", "wkv_backward")
+KERNELS = ("wkv_forward", "wkv_backward", "wkv_gated_forward", "wkv_gated_backward")
 # Per element of (B, L, C) the forward reads k, v and writes y, ln D (4 values); the backward reads
 # k, v, y, ln D, dL/dy and writes dL/dk, dL/dv (7); the (C,) and (B, C) vectors are negligible.
 VALUES_MOVED_PER_ELEMENT = 4 + 7
+# gated: the forward reads k, v, r and writes out, wkv, ln D (6); the backward reads k, v, r, wkv,
+# ln D, dL/dout and writes dL/dk, dL/dv, dL/dr (9)
+GATED_VALUES_MOVED_PER_ELEMENT = 6 + 9
 
 
 def variants():
@@ -40,11 +47,17 @@ def random_case(rng, batch, length, channels, dtype, k_scale: float = 3.0, extre
     return [np.ascontiguousarray(a, dtype=dtype) for a in (w, u, k, v, grad_y)]
 
 
+def random_gate(rng, batch, length, channels, dtype):
+    """The receptance r of the gated kernels: both signs and large |r|, where σ saturates."""
+    return np.ascontiguousarray(rng.normal(0.0, 4.0, (batch, length, channels)), dtype=dtype)
+
+
 @outputs_poisoned
 def check(dtype=np.float64, batch: int = 3, length: int = 19, channels: int = 37, *, device: str = "cpu",
           block: int | None = 32, max_blocks: int | None = None, k_scale: float = 3.0,
           extreme_k: float | None = None, seed: int = 5) -> float:
-    """The worst error (in tolerances, <= 1 passes) of both kernels against the reference.
+    """The worst error (in tolerances, <= 1 passes) of all four kernels against the reference: the
+    operator alone and gated by σ(r).
 
     Relative to each entry, with a floor relative to the largest entry of each output (cancellation
     near 0).  Block of 32 by default: (3, 37) is 111 threads, four blocks with the last one partly idle.
@@ -59,9 +72,21 @@ def check(dtype=np.float64, batch: int = 3, length: int = 19, channels: int = 37
     forward_kernel = wkv_forward_kernel(*on[:4], block=block, max_blocks=max_blocks)
     # the backward from the reference's forward, so that each kernel is judged on its own
     grads_kernel = wkv_backward_kernel(*on[:4], *on_device(device, *forward), on[4], block=block, max_blocks=max_blocks)
+    r = random_gate(np.random.default_rng([seed, 1]), batch, length, channels, dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        gated = gated_forward_numpy(r, forward[0])
+        grad_r, grad_wkv = gated_backward_numpy(r, forward[0], grad_y)
+        gated_grads = wkv_backward_numpy(w, u, k, v, *forward, grad_wkv)
+    (r_on,) = on_device(device, r)
+    gated_kernel = wkv_gated_forward_kernel(*on[:4], r_on, block=block, max_blocks=max_blocks)
+    gated_grads_kernel = wkv_gated_backward_kernel(*on[:4], r_on, *on_device(device, *forward), on[4], block=block,
+                                                   max_blocks=max_blocks)
+    grad_k, grad_v, grad_r_kernel, grad_w, grad_u = gated_grads_kernel
+    pairs = list(zip((*forward_kernel, *grads_kernel), (*forward, *grads)))
+    pairs += list(zip(gated_kernel, (gated, *forward)))
+    pairs += list(zip((grad_k, grad_v, grad_w, grad_u, grad_r_kernel), (*gated_grads, grad_r)))
     rtol, _ = TOLERANCES[dtype]
-    return worst_error(list(zip((*forward_kernel, *grads_kernel), (*forward, *grads))), rtol, rtol,
-                       relative_floor=True)
+    return worst_error(pairs, rtol, rtol, relative_floor=True)
 
 
 def benchmark(device: str = "cpu", dtype=np.float32, batch: int = 32, length: int = 394, channels: int = 384,
@@ -78,7 +103,17 @@ def benchmark(device: str = "cpu", dtype=np.float32, batch: int = 32, length: in
     w, u, k, v, grad_y = on_device(device, w, u, k, v, grad_y)
     seconds = best_time(lambda: wkv_backward_kernel(w, u, k, v, *wkv_forward_kernel(w, u, k, v), grad_y), device, repeats)
     rows.append(timing("wkv fwd+bwd", "wkv.cu", device, dtype, size, seconds, moved))
+    (r,) = on_device(device, random_gate(np.random.default_rng(1), batch, length, channels, dtype))
+
+    def gated():
+        _, y, log_denominator = wkv_gated_forward_kernel(w, u, k, v, r)
+        wkv_gated_backward_kernel(w, u, k, v, r, y, log_denominator, grad_y)
+
+    seconds = best_time(gated, device, repeats)
+    rows.append(timing("wkv gated fwd+bwd", "wkv.cu", device, dtype, size, seconds,
+                       GATED_VALUES_MOVED_PER_ELEMENT * k.size * dtype.itemsize))
     return rows
 
 
-__all__ = ["KERNEL_FILE", "KERNELS", "VALUES_MOVED_PER_ELEMENT", "benchmark", "check", "random_case", "variants"]
+__all__ = ["GATED_VALUES_MOVED_PER_ELEMENT", "KERNEL_FILE", "KERNELS", "VALUES_MOVED_PER_ELEMENT", "benchmark", "check",
+           "random_case", "random_gate", "variants"]

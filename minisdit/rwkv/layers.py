@@ -98,7 +98,7 @@ class TimeMix(Module):
         k = self.key(x_k)
         v = self.value(x_v)
         r = self.receptance(x_r)
-        return self.output(F.sigmoid(r) * wkv(self.time_decay, self.time_first, k, v))
+        return self.output(wkv(self.time_decay, self.time_first, k, v, r=r))  # σ(r) ⊙ wkv in one op
 
 
 class ChannelMix(Module):

@@ -6,6 +6,9 @@ arrays (and on NumPy arrays inside ``minisdit.kernels.runtime.cpu_kernels()``) i
 recurrences in ``minisdit/kernels/wkv.cu``, one thread per (batch, channel).
 The two implementations take and return the same arrays, so the NumPy functions here are the
 reference that the kernel tests compare against.
+
+``wkv(time_decay, time_first, k, v, r=r)`` is TimeMix's gated value σ(r) ⊙ wkv in the same launch
+(forward and backward), instead of a sigmoid, a product and their backward as separate launches.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import backend
+from ..autograd.ops import _sigmoid as sigmoid_array  # F.sigmoid's array function: the same bits
 from ..autograd.tensor import Function
 from ..kernels import runtime
 
@@ -21,6 +25,12 @@ from ..kernels import runtime
 MIN_EXPONENT = -1e38
 
 KERNEL_FILE = "wkv.cu"
+# The gate inside the kernel on a GPU; on the CPU's C++ kernels the WKV kernel alone and the gate
+# by NumPy: C++'s expf rounds σ(r) differently from NumPy's exp in the last bit now and then, and
+# the CPU training must stay bitwise what it was (a 60-step MNIST run parted at step 10).  Tests and
+# the launch counter set this to run the GPU's gated kernels on NumPy arrays too.
+GATE_IN_KERNEL_ON_CPU = False
+
 # Threads per block.  A WKV launch has only batch * channels threads (12,288 for the paper's
 # model), so small blocks spread them over all the streaming multiprocessors; each warp still
 # reads 32 consecutive channels, i.e. whole 128-byte lines.
@@ -128,6 +138,25 @@ def wkv_backward_numpy(w, u, k, v, y, log_denominator, grad_y):
     return grad_k, grad_v, grad_w, grad_u
 
 
+def gated_forward_numpy(r, wkv):
+    """The gate of TimeMix:  y = σ(r) ⊙ wkv.  Returns y (B, L, C).
+
+    The same array operations as ``F.sigmoid(r) * wkv`` (so on NumPy the fused operator gives the
+    bits the separate ops gave)."""
+    return sigmoid_array(r) * wkv
+
+
+def gated_backward_numpy(r, wkv, grad_y):
+    """The gate's gradients, from g = dL/dy of y = σ(r) ⊙ wkv:
+
+        dL/dr = g ⊙ wkv ⊙ σ(r) (1 - σ(r)),    dL/dwkv = g ⊙ σ(r).
+
+    (dσ/dr = σ (1 - σ).)  Returns dL/dr, dL/dwkv (B, L, C), the latter for ``wkv_backward_numpy``;
+    evaluated left to right as the sigmoid's and the product's own backward passes do."""
+    gate = sigmoid_array(r)
+    return grad_y * wkv * gate * (1 - gate), grad_y * gate
+
+
 def wkv_quadratic_numpy(time_decay, time_first, k, v):
     """WKV straight from its definition, O(L^2) per channel: a softmax over the exponents.
 
@@ -184,6 +213,32 @@ def wkv_backward_kernel(w, u, k, v, y, log_denominator, grad_y, block: int | Non
     return grad_k, grad_v, grad_w, grad_u
 
 
+def wkv_gated_forward_kernel(w, u, k, v, r, block: int | None = None, max_blocks: int | None = None):
+    """``wkv_gated_forward``: out = σ(r) ⊙ wkv, wkv and ln D in one launch; the same results as
+    ``gated_forward_numpy(r, *wkv_forward_numpy(w, u, k, v))`` (plus the two it is made from)."""
+    xp = backend.array_module_of(k)
+    batch, length, channels = k.shape
+    out, y, log_denominator = xp.empty_like(k), xp.empty_like(k), xp.empty_like(k)
+    wkv_kernels(k.dtype).run("wkv_gated_forward", batch * channels, w, u, k, v, r, out, y, log_denominator,
+                             batch, length, channels, block=block, max_blocks=max_blocks)
+    return out, y, log_denominator
+
+
+def wkv_gated_backward_kernel(w, u, k, v, r, y, log_denominator, grad_out, block: int | None = None,
+                              max_blocks: int | None = None):
+    """``wkv_gated_backward`` from dL/dout (y the ungated wkv): dL/dk, dL/dv, dL/dr (B, L, C) and
+    dL/dw, dL/du per (b, c); the same as ``gated_backward_numpy`` then ``wkv_backward_numpy``."""
+    xp = backend.array_module_of(k)
+    batch, length, channels = k.shape
+    grad_k, grad_v, grad_r = xp.empty_like(k), xp.empty_like(k), xp.empty_like(k)
+    grad_w = xp.empty((batch, channels), k.dtype)
+    grad_u = xp.empty((batch, channels), k.dtype)
+    wkv_kernels(k.dtype).run("wkv_gated_backward", batch * channels, w, u, k, v, r, y, log_denominator, grad_out,
+                             grad_k, grad_v, grad_r, grad_w, grad_u, batch, length, channels, block=block,
+                             max_blocks=max_blocks)
+    return grad_k, grad_v, grad_r, grad_w, grad_u
+
+
 # ---------------------------------------------------------------------------------------------
 # the differentiable operator
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +248,8 @@ class WKV(Function):
     Backward: see ``wkv_backward_numpy``; dL/dtime_decay = w dL/dw (w enters the recurrence as -w),
     and the gradients of time_decay and time_first are summed over the batch.
     """
+
+    gated = False
 
     def forward(self, time_decay, time_first, k, v):
         _check_inputs(time_decay, time_first, k, v)
@@ -219,9 +276,60 @@ class WKV(Function):
             grad_k, grad_v, grad_w, grad_u = wkv_backward_kernel(w, u, k, v, y, log_denominator, grad_y)
         else:
             grad_k, grad_v, grad_w, grad_u = wkv_backward_numpy(w, u, k, v, y, log_denominator, grad_y)
+        return self._vector_grads(w, grad_w, grad_u) + (grad_k, grad_v)
+
+    def _vector_grads(self, w, grad_w, grad_u):
         grad_time_decay = (w * grad_w.sum(axis=0)).astype(self.vector_dtypes[0], copy=False)
         grad_time_first = grad_u.sum(axis=0).astype(self.vector_dtypes[1], copy=False)
-        return grad_time_decay, grad_time_first, grad_k, grad_v
+        return grad_time_decay, grad_time_first
+
+
+class GatedWKV(WKV):
+    """out = σ(r) ⊙ WKV(time_decay, time_first, k, v): TimeMix's gated value as one operator.
+
+    Backward: dL/dr and dL/dwkv from ``gated_backward_numpy``, then the WKV backward with dL/dwkv.
+    One launch each way on a GPU (``wkv_gated_forward``/``wkv_gated_backward``); with the CPU's
+    compiled kernels the plain WKV kernels and the gate in NumPy (``GATE_IN_KERNEL_ON_CPU``).
+    r comes first among the inputs so that the backward pass walks the graph's branches in the
+    order it walked them for ``F.sigmoid(r) * wkv(...)`` (the product's second factor, the WKV
+    inputs, first): the gradients that meet at TimeMix's input add up in the same order, bitwise
+    as before on the CPU.
+    """
+
+    def forward(self, r, time_decay, time_first, k, v):
+        _check_inputs(time_decay, time_first, k, v)
+        if r.shape != k.shape or r.dtype != k.dtype or backend.is_gpu_array(r) != backend.is_gpu_array(k):
+            raise ValueError(f"wkv's gate r must be like k: shape {k.shape}, dtype {k.dtype}, on k's device; got "
+                             f"shape {r.shape}, dtype {r.dtype}; pass the receptance projection of the same tokens")
+        xp = backend.array_module_of(k)
+        self.vector_dtypes = (time_decay.dtype, time_first.dtype)
+        dtype = k.dtype
+        w = xp.ascontiguousarray(xp.exp(time_decay.astype(dtype, copy=False)))
+        u = xp.ascontiguousarray(time_first.astype(dtype, copy=False))
+        k, v, r = xp.ascontiguousarray(k), xp.ascontiguousarray(v), xp.ascontiguousarray(r)
+        self.use_kernels = runtime.kernels_run_on(k)
+        self.gate_in_kernel = self.use_kernels and (GATE_IN_KERNEL_ON_CPU or backend.is_gpu_array(k))
+        if self.gate_in_kernel:
+            out, y, log_denominator = wkv_gated_forward_kernel(w, u, k, v, r)
+        else:
+            forward = wkv_forward_kernel if self.use_kernels else wkv_forward_numpy
+            y, log_denominator = forward(w, u, k, v)
+            out = gated_forward_numpy(r, y)
+        self.saved = (w, u, k, v, r, y, log_denominator)
+        return out
+
+    def backward(self, grad_out):
+        w, u, k, v, r, y, log_denominator = self.saved
+        xp = backend.array_module_of(k)
+        grad_out = xp.ascontiguousarray(grad_out.astype(k.dtype, copy=False))
+        if self.gate_in_kernel:
+            grad_k, grad_v, grad_r, grad_w, grad_u = wkv_gated_backward_kernel(w, u, k, v, r, y, log_denominator,
+                                                                               grad_out)
+        else:
+            grad_r, grad_y = gated_backward_numpy(r, y, grad_out)
+            backward = wkv_backward_kernel if self.use_kernels else wkv_backward_numpy
+            grad_k, grad_v, grad_w, grad_u = backward(w, u, k, v, y, log_denominator, grad_y)
+        return (grad_r,) + self._vector_grads(w, grad_w, grad_u) + (grad_k, grad_v)
 
 
 def _check_inputs(time_decay, time_first, k, v):
@@ -237,10 +345,13 @@ def _check_inputs(time_decay, time_first, k, v):
         raise ValueError("wkv needs all four inputs on one device; move them with .to(device=...)")
 
 
-def wkv(time_decay, time_first, k, v):
+def wkv(time_decay, time_first, k, v, r=None):
     """The RWKV-4 WKV operator: k, v (B, L, C); time_decay, time_first (C,); returns (B, L, C).
 
     wkv_n = (sum_{i<n} e^{-(n-1-i)w + k_i} v_i + e^{u+k_n} v_n) / (sum_{i<n} e^{-(n-1-i)w + k_i} + e^{u+k_n})
     per channel, with w = e^{time_decay} and u = time_first.  Differentiable in all four inputs.
+    With the receptance ``r`` (B, L, C): σ(r) ⊙ wkv in the same launch, differentiable in r too.
     """
-    return WKV.apply(time_decay, time_first, k, v)
+    if r is None:
+        return WKV.apply(time_decay, time_first, k, v)
+    return GatedWKV.apply(r, time_decay, time_first, k, v)

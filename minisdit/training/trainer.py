@@ -8,6 +8,15 @@ and seed), so a resumed run needs only the weights, the optimizer and EMA state 
 number to draw exactly what the uninterrupted run would have drawn: on the CPU the two end with
 bitwise equal weights.
 
+Device to host: on a GPU a read of a device array on the host (``float(x)``, ``bool(x)``, ``.get()``)
+waits for every kernel queued before it, so a step reads nothing: the data set sits on the device
+from the start (uint8, gathered there batch by batch), the loss terms and the gradient norm stay
+device scalars, and the log step (every ``log_every``) reads them in one copy.  The check for a
+non-finite loss happens then too, on a running sum of the losses since the last log step (a NaN or
+an infinity anywhere in it stays in the sum), so with ``log_every`` > 1 a divergence is reported at
+the next log step, before that step's checkpoint is written.  ``train_step`` (one step for callers
+such as the benchmarks) reads its record at once.
+
 Stopping: SIGINT (Ctrl-C) and SIGTERM stop the run at once while it computes (forward, backward,
 sample grids change no state), but are held back while it changes state (the optimizer update,
 the EMA update, the step counter, the log line and a checkpoint), so a stop never catches a
@@ -107,6 +116,9 @@ class Trainer:
         self._parallel = None
         self._loss_names = ["mse", "vb"] if self.diffusion.loss == "hybrid" else ["mse"]
         self.stops = StopSignals()
+        self._images_on_device = None  # the data set on the training device, copied once (_batch_images)
+        self._losses_since_log = None  # device sum of the losses since the last read (the finite-loss check)
+        self._steps_since_log = []
 
     # ----- state -----
     def checkpoint_path(self) -> Path:
@@ -189,42 +201,78 @@ class Trainer:
         indices = self.batch_indices(self.step)
         step_rng = np.random.default_rng([self.config.seed, 1, self.step])
         t = step_rng.integers(0, self.diffusion.num_timesteps, size=len(indices))
-        noise = step_rng.standard_normal(self.images[indices].shape, dtype=np.float32)
+        noise = step_rng.standard_normal((len(indices), *self.images.shape[1:]), dtype=np.float32)
         y = self.model.drop_labels(self.labels[indices], np.random.default_rng([self.config.seed, 2, self.step]))
         return indices, t, noise, y
 
-    def forward_backward(self) -> dict:
-        """Loss and gradients of step ``self.step + 1`` (changes nothing but the gradients)."""
+    def forward_backward(self, read: bool = True) -> dict:
+        """Loss and gradients of step ``self.step + 1`` (changes nothing but the gradients).
+
+        Its record holds the loss terms as host floats (``read``, checked to be finite), or with
+        ``read=False`` still on the device under ``"pending"``, for ``read_record`` at a log step."""
         indices, t, noise, y = self.draw_step()
         if self.workers == 1:
             values, _ = self._loss_and_gradients((indices, t, noise, y, 1.0))
         else:
             values = self._parallel_loss_and_gradients(indices, t, noise, y)
-        loss_value = float(values[0])
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"loss became {loss_value} at step {self.step + 1}; training stopped and "
+        # a device add, no read: NaN and infinities of any step stay in the sum until the next read
+        loss = values[0:1]
+        self._losses_since_log = loss if self._losses_since_log is None else self._losses_since_log + loss
+        self._steps_since_log.append(self.step + 1)
+        record = {"step": self.step + 1, "pending": values}
+        return self.read_record(record) if read else record
+
+    def read_record(self, record: dict) -> dict:
+        """The record's device values as host floats, in one device-to-host copy: the loss terms, the
+        gradient norm (when clipped) and the sum of the losses since the last read, which must be
+        finite (else training stops with a one-line error naming the steps it covers)."""
+        if "pending" not in record:
+            return record
+        parts = [record.pop("pending"), self._losses_since_log]
+        if "grad_norm" in record:  # a device scalar on a GPU, a float on the CPU
+            parts.append(self.xp.asarray(record["grad_norm"], dtype=np.float64).reshape(1))
+        xp = backend.array_module_of(parts[0])
+        host = backend.to_numpy(xp.concatenate(parts))
+        names = len(self._loss_names) + 1
+        values, losses_since_log = host[:names], float(host[names])
+        steps, self._losses_since_log, self._steps_since_log = self._steps_since_log, None, []
+        if not math.isfinite(losses_since_log):
+            bad = float(values[0]) if not math.isfinite(float(values[0])) else losses_since_log
+            when = (f"at step {steps[-1]}" if len(steps) == 1 else
+                    f"at one of steps {steps[0]}..{steps[-1]} (the loss is checked at every --log-every step)")
+            raise TrainingError(f"loss became {bad} {when}; training stopped and "
                                 f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
-        record = {"step": self.step + 1, "loss": loss_value}
+        record["loss"] = float(values[0])
         record.update({name: float(value) for name, value in zip(self._loss_names, values[1:])})
+        if "grad_norm" in record:
+            record["grad_norm"] = float(host[names + 1])
         return record
 
     def _loss_and_gradients(self, arrays):
         """The loss terms of a slice of the batch, each times the slice's ``share`` of the batch, and
         the gradients of that loss: the whole step in one process (share 1), or one worker's part."""
         indices, t, noise, y, share = arrays
-        x0 = to_model_range(self.xp.asarray(self.images[indices]))  # uint8 crosses to the device: 4x fewer bytes
+        x0 = to_model_range(self._batch_images(indices))
         self.model.train()
         # overflow warnings would bury the one-line message of a non-finite loss; the loss is checked instead
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             losses = self.diffusion.training_losses(self.model, Tensor(x0), t, noise=self.xp.asarray(noise), y=y)
             loss = losses["loss"] * share
-            # one device-to-host transfer for everything the log needs
-            terms = backend.to_numpy(self.xp.stack([loss.data.reshape(())] +
-                                                   [losses[name].mean() for name in self._loss_names]))
+            # everything the log needs, as one device array: read (one copy) only at a log step
+            terms = self.xp.stack([loss.data.reshape(())] + [losses[name].mean() for name in self._loss_names])
             self.optimizer.zero_grad()
             loss.backward()
-        values = np.array([float(terms[0])] + [share * float(term) for term in terms[1:]])
+        values = terms.astype(np.float64)  # as the host floats the log has always held
+        if share != 1.0:  # a worker's slice (CPU only): its terms weighted by its share, as the loss is
+            values[1:] *= share
         return values, [parameter.grad for parameter in self.model.parameters()]
+
+    def _batch_images(self, indices):
+        """The uint8 images of a batch, gathered on the device from the data set copied there once
+        (on the CPU the data set itself; a GPU receives the indices, not the pixels)."""
+        if self._images_on_device is None or backend.array_module_of(self._images_on_device) is not self.xp:
+            self._images_on_device = self.xp.asarray(self.images)
+        return self._images_on_device[self.xp.asarray(indices)]
 
     def _parallel_loss_and_gradients(self, indices, t, noise, y) -> np.ndarray:
         """The step with the batch split over CPU processes (minisdit/training/parallel.py): each
@@ -252,8 +300,9 @@ class Trainer:
     def update(self, record: dict) -> dict:
         """Apply the gradients: clip, AdamW, EMA, step counter.  Call inside ``stops.deferred()``."""
         if self.config.grad_clip:
-            # one reduction over the flat gradient buffer, one in-place scaling of it
-            record["grad_norm"] = float(clip_grad_norm(self.optimizer.flat, self.config.grad_clip))
+            # one reduction over the flat gradient buffer, one in-place scaling of it; the norm a
+            # device scalar on a GPU, read with the loss at a log step
+            record["grad_norm"] = clip_grad_norm(self.optimizer.flat, self.config.grad_clip)
         self.optimizer.lr = self.learning_rate(self.step)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             self.optimizer.step()
@@ -264,10 +313,10 @@ class Trainer:
         return record
 
     def train_step(self) -> dict:
-        """One whole optimizer step; returns its log record."""
-        record = self.forward_backward()
+        """One whole optimizer step; returns its log record, read on the host (one copy)."""
+        record = self.forward_backward(read=False)
         with self.stops.deferred():
-            return self.update(record)
+            return self.read_record(self.update(record))
 
     # ----- outputs -----
     def sampling_model(self):
@@ -385,11 +434,12 @@ class Trainer:
         config, throughput = self.config, _Throughput(self.step, self.config.batch_size)
         try:
             while self.step < self.total_steps:
-                record = self.forward_backward()
+                record = self.forward_backward(read=False)
                 with self.stops.deferred():  # the update, its log line and checkpoint happen whole
                     self.update(record)
                     self._report(record, throughput, log, bar)
                     if self.step % config.ckpt_every == 0:
+                        self.read_record(record)  # no checkpoint after an unchecked loss
                         self.save()
                 if self.step % config.sample_every == 0:
                     with throughput.paused():
@@ -400,11 +450,14 @@ class Trainer:
         return False
 
     def _report(self, record: dict, throughput: _Throughput, log, bar):
-        """The progress bar after every step; a log line (and without a bar a printed line) every ``log_every``."""
+        """The progress bar after every step; every ``log_every`` (and at the last step) the record
+        read from the device, a log line and, without a bar, a printed line; the bar shows the loss
+        of the latest log step (reading it every step would wait for the GPU every step)."""
         elapsed, images_per_second, eta = throughput.measure(self.step, self.total_steps)
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
         if self.step % self.config.log_every == 0 or self.step == self.total_steps:
+            self.read_record(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
             record.update(images_per_second=images_per_second, elapsed_s=elapsed)
             log.write(json.dumps(record) + "\n")
             log.flush()

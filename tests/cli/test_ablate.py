@@ -131,11 +131,11 @@ def test_a_killed_ablation_resumes_the_half_trained_variant_exactly(finished, tm
     calls = []
     original = Trainer.forward_backward
 
-    def interrupt_the_second_variants_second_step(trainer):
+    def interrupt_the_second_variants_second_step(trainer, *args, **kwargs):
         calls.append(trainer.out.name)
         if calls.count("no-reconstruction") == 2:
             raise KeyboardInterrupt
-        return original(trainer)
+        return original(trainer, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "forward_backward", interrupt_the_second_variants_second_step)
     variants = "default,no-reconstruction,T1"

@@ -31,6 +31,6 @@ def test_benchmarks_report_every_row():
             + ddpm_loss.benchmark("cpu", batch=2, sample_shape=(1, 3, 3), repeats=1))
     assert [(r["op"], r["implementation"]) for r in rows] == [
         ("lif fwd+bwd", "numpy"), ("lif fwd+bwd", "lif.cu"), ("spike_rate fwd+bwd", "numpy"), ("spike_rate fwd+bwd", "lif.cu"),
-        ("wkv fwd+bwd", "numpy"), ("wkv fwd+bwd", "wkv.cu"),
+        ("wkv fwd+bwd", "numpy"), ("wkv fwd+bwd", "wkv.cu"), ("wkv gated fwd+bwd", "wkv.cu"),
         ("q_sample", "numpy"), ("eps-mse fwd+bwd", "numpy"), ("q_sample", "ddpm_loss.cu"), ("eps-mse fwd+bwd", "ddpm_loss.cu")]
     assert all(r["ms"] > 0 and r["mb_moved"] > 0 for r in rows)

@@ -1,5 +1,6 @@
 """The WKV operator: forward and backward against its O(L^2) definition, and minisdit/kernels/wkv.cu against
 the NumPy recurrences (minisdit.kernel_checks.wkv.check on the CPU build, compiled with NVRTC, and on a GPU if any)."""
+import contextlib
 import re
 
 import numpy as np
@@ -10,12 +11,14 @@ from minisdit import Tensor, backend
 from minisdit.kernel_checks import wkv as wkv_check
 from minisdit.kernels import runtime
 from minisdit.autograd.gradcheck import gradcheck
+from minisdit.rwkv import wkv_operator
 from minisdit.rwkv.wkv_operator import (kernel_defines, wkv, wkv_backward_kernel, wkv_backward_numpy, wkv_forward_kernel,
                                         wkv_forward_numpy, wkv_quadratic_numpy)
 
 FAST = settings(max_examples=settings().max_examples, deadline=None)
 # no overflow, no 0/0, no log(0) anywhere: underflow to 0 is the only thing the recurrences allow
 STRICT = dict(over="raise", invalid="raise", divide="raise")
+needs_compiler = pytest.mark.skipif(runtime.cpu_compiler() is None, reason="needs a C++ compiler (g++) for CPU kernels")
 
 
 def random_inputs(rng, batch, length, channels, k_scale=1.0, dtype=np.float64):
@@ -259,3 +262,100 @@ def test_gpu_kernels_match_cpu_run_of_the_same_source(scalar_t):
     grads_gpu = wkv_backward_kernel(*on_gpu[:4], *forward_gpu, on_gpu[4])
     assert_matches([a.get() for a in forward_gpu], forward_cpu, dtype)
     assert_matches([a.get() for a in grads_gpu], grads_cpu, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# the gated operator σ(r) ⊙ wkv (TimeMix's gate folded into WKV)
+# ---------------------------------------------------------------------------------------------
+def gated(time_decay, time_first, k, v, r):
+    return wkv(time_decay, time_first, k, v, r=r)
+
+
+def gated_definition(time_decay, time_first, k, v, r):
+    return 1.0 / (1.0 + np.exp(-r)) * quadratic(time_decay, time_first, k, v)
+
+
+def random_gate(rng, shape, scale=3.0, dtype=np.float64):
+    return np.asarray(rng.normal(0.0, scale, shape), dtype=dtype)
+
+
+@FAST
+@given(batch=st.integers(1, 3), length=st.integers(1, 30), channels=st.integers(1, 5),
+       k_scale=st.sampled_from([0.1, 1.0, 5.0]), r_scale=st.sampled_from([0.5, 3.0, 10.0]),
+       seed=st.integers(0, 2**32 - 1))
+def test_gated_backward_equals_differences_of_definition(batch, length, channels, k_scale, r_scale, seed):
+    """All five inputs (time_decay, time_first, k, v, r), float64, against central differences of
+    σ(r) times the O(L^2) definition."""
+    rng = np.random.default_rng(seed)
+    inputs = random_inputs(rng, batch, length, channels, k_scale) + [random_gate(rng, (batch, length, channels), r_scale)]
+    with np.errstate(**STRICT):
+        gradcheck(gated, inputs, reference=gated_definition, seed=seed)
+
+
+def test_gated_on_numpy_is_bitwise_the_separate_sigmoid_and_product():
+    """The default CPU path: the same bits (outputs and all five gradients) as F.sigmoid(r) * wkv(...)."""
+    from minisdit.autograd import ops as F
+    rng = np.random.default_rng(8)
+    arrays = random_inputs(rng, 2, 13, 6, 3.0, dtype=np.float32)
+    arrays.append(random_gate(rng, arrays[2].shape, dtype=np.float32))
+    projection = Tensor(rng.standard_normal(arrays[2].shape).astype(np.float32))
+    results = []
+    for fn in (lambda td, tf, k, v, r: F.sigmoid(r) * wkv(td, tf, k, v), gated):
+        leaves = [Tensor(a, requires_grad=True) for a in arrays]
+        out = fn(*leaves)
+        (out * projection).sum().backward()
+        results.append([out.data] + [leaf.grad for leaf in leaves])
+    for separate, fused in zip(*results):
+        assert fused.dtype == separate.dtype and np.array_equal(fused, separate)
+
+
+@needs_compiler
+@pytest.mark.parametrize("scalar_t", sorted(VARIANTS))
+def test_gated_op_with_the_gated_kernels_matches_the_reference(scalar_t, monkeypatch):
+    """With the GPU's gated kernels (wkv_gated_forward/backward, one launch each) on the CPU build:
+    the reference's values to float rounding (σ is computed in the kernel, not by NumPy)."""
+    monkeypatch.setattr(wkv_operator, "GATE_IN_KERNEL_ON_CPU", True)
+    dtype = VARIANTS[scalar_t]
+    rng = np.random.default_rng(9)
+    arrays = random_inputs(rng, 3, 17, 37, 3.0, dtype=dtype)
+    arrays.append(random_gate(rng, arrays[2].shape, dtype=dtype))
+    projection = rng.standard_normal(arrays[2].shape).astype(dtype)
+    results = []
+    for kernels in (False, True):
+        leaves = [Tensor(a, requires_grad=True) for a in arrays]
+        with (runtime.cpu_kernels() if kernels else contextlib.nullcontext()):
+            out = gated(*leaves)
+            (out * Tensor(projection)).sum().backward()
+        results.append([out.data] + [leaf.grad for leaf in leaves])
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for name, kernel, reference in zip(("out", "time_decay", "time_first", "k", "v", "r"), *reversed(results)):
+        assert kernel.dtype == reference.dtype, name
+        np.testing.assert_allclose(kernel, reference, rtol=rtol, atol=rtol * np.abs(reference).max(), err_msg=name)
+
+
+@needs_compiler
+def test_gated_op_with_cpu_kernels_is_bitwise_the_separate_sigmoid_and_product():
+    """The CPU training's path (compiled kernels selected): the plain WKV kernels with the gate in
+    NumPy, bitwise what F.sigmoid(r) * wkv(...) gave."""
+    from minisdit.autograd import ops as F
+    rng = np.random.default_rng(10)
+    arrays = random_inputs(rng, 2, 13, 6, 3.0, dtype=np.float32)
+    arrays.append(random_gate(rng, arrays[2].shape, dtype=np.float32))
+    projection = Tensor(rng.standard_normal(arrays[2].shape).astype(np.float32))
+    results = []
+    for fn in (lambda td, tf, k, v, r: F.sigmoid(r) * wkv(td, tf, k, v), gated):
+        leaves = [Tensor(a, requires_grad=True) for a in arrays]
+        with runtime.cpu_kernels():
+            out = fn(*leaves)
+            (out * projection).sum().backward()
+        results.append([out.data] + [leaf.grad for leaf in leaves])
+    for separate, fused in zip(*results):
+        assert np.array_equal(fused, separate)
+
+
+def test_gated_op_refuses_a_gate_unlike_k():
+    k, vector = Tensor(np.zeros((2, 3, 4))), Tensor(np.zeros(4))
+    with pytest.raises(ValueError, match=r"gate r must be like k: shape \(2, 3, 4\).*pass the receptance"):
+        wkv(vector, vector, k, k, r=Tensor(np.zeros((2, 3, 5))))
+    with pytest.raises(ValueError, match="dtype float64"):
+        wkv(vector, vector, k, k, r=Tensor(np.zeros((2, 3, 4), np.float32)))
