@@ -35,9 +35,11 @@ import numpy as np
 from ..autograd import backend
 from ..autograd import functional as F
 from ..autograd.nn import Module, Parameter
-from ..data.images import to_uint8
 from ..autograd.tensor import Tensor, no_grad
+from ..data import data_root
+from ..data.images import to_uint8
 from .layers import avg_pool2d, max_pool2d
+from .torch_archive import load_archive, named_modules
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -243,8 +245,6 @@ def fold_batch_norm(weight, beta, mean, var, eps: float = BATCH_NORM_EPS):
 
 def state_dict_from_archive(archive_path) -> "dict[str, np.ndarray]":
     """Read ``default_1.pt`` (restricted unpickler) and fold every conv's batch norm: our state dict."""
-    from .torch_archive import load_archive, named_modules
-
     state = {}
     for name, record in named_modules(load_archive(archive_path)):
         if not record.qualified_name.endswith(".Conv2dLayer"):
@@ -260,8 +260,6 @@ def state_dict_from_archive(archive_path) -> "dict[str, np.ndarray]":
 
 def cache_dir() -> Path:
     """The project's cache root ($MINISDIT_DATA, else ~/.cache/minisdit), shared with the data sets."""
-    from ..data import data_root
-
     return data_root()
 
 
