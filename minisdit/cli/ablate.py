@@ -26,17 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from .. import data
-from ..autograd import backend
 from ..data.images import to_uint8
 from ..diffusion import SAMPLERS, generate
 from ..metrics import inception_score, lenet_outputs, load_lenet, reference_statistics
 from ..metrics.fid import FeatureStatistics
 from ..training import ablation
-from ..training.checkpoint import CheckpointError, load_model
+from ..training.checkpoint import load_model
 from ..training.config import MSE_WEIGHTINGS, VARIANT_FIELDS, build_diffusion, check_variant, variant_flags
 from ..training.trainer import CHECKPOINT_NAME, TrainingError
 from . import train
-from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
+from .common import EXPECTED_ERRORS, one_line_error, OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
 from .evaluate import energy_report
 
 # a --minutes budget without --steps trains until the time is spent; the step count only has to be unreachable
@@ -110,10 +109,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to continue the ablation", file=sys.stderr)
         return 130
-    except (TrainingError, CheckpointError, backend.DeviceUnavailableError, data.DataIntegrityError, data.FetchError,
-            ValueError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
+    except EXPECTED_ERRORS as error:
+        return one_line_error(error)
 
 
 def run(args) -> int:

@@ -5,11 +5,25 @@ from __future__ import annotations
 import argparse
 import contextvars
 import functools
+import sys
 
 from threadpoolctl import threadpool_limits
 
+from .. import data
 from ..autograd import backend
 from ..kernels import runtime
+from ..training.checkpoint import CheckpointError
+from ..training.trainer import TrainingError
+
+# The failures of a training command whose message already says what to do: printed as one line.
+EXPECTED_ERRORS = (TrainingError, CheckpointError, backend.DeviceUnavailableError, data.DataIntegrityError,
+                   data.FetchError, ValueError, OSError)
+
+
+def one_line_error(error: Exception) -> int:
+    """Print ``error`` as one line "error: ..." on stderr; the exit code 1."""
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 1
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 from .. import data
-from ..autograd import backend
 from ..autograd.precision import matmul_precision
 from ..data import dataset_spec
 from ..models import PRESETS
@@ -35,7 +34,7 @@ from ..training.checkpoint import CheckpointError, check_compatible, load_checkp
 from ..training.config import (ATTENTIONS, FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES,
                                VARIANT_FIELDS, TrainConfig, check_variant, variant_flags)
 from ..training.trainer import CHECKPOINT_NAME, Trainer, TrainingError
-from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
+from .common import EXPECTED_ERRORS, one_line_error, OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
 
 # fields of TrainConfig that are command-line options of the same name (--batch-size: batch_size)
 OPTIONS = ("dataset", "preset", "seed", "batch_size", "lr", "weight_decay", "warmup_steps", "lr_decay_fraction",
@@ -178,11 +177,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
-    except (TrainingError, CheckpointError, backend.DeviceUnavailableError, data.DataIntegrityError, data.FetchError,
-            ValueError, OSError) as error:
-        # every expected failure has a message that says what to do; keep it to one line
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
+    except EXPECTED_ERRORS as error:
+        return one_line_error(error)
 
 
 def run(args) -> int:
