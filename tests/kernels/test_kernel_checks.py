@@ -1,9 +1,11 @@
 """minisdit.kernel_checks: the per-kernel check on a GPU (CuPy build against the NumPy references) and
 the benchmarks' rows, small, on the CPU build (no timing is asserted, only that every row is there)."""
+import re
+
 import numpy as np
 import pytest
 
-from minisdit.kernel_checks import ddpm_loss, lif, wkv
+from minisdit.kernel_checks import KERNEL_CHECKS, ddpm_loss, lif, wkv
 from minisdit.kernels import runtime
 from minisdit.snn import LIFOptions
 from minisdit.snn.surrogate import Sigmoid
@@ -34,3 +36,25 @@ def test_benchmarks_report_every_row():
         ("wkv fwd+bwd", "numpy"), ("wkv fwd+bwd", "wkv.cu"), ("wkv gated fwd+bwd", "wkv.cu"),
         ("q_sample", "numpy"), ("eps-mse fwd+bwd", "numpy"), ("q_sample", "ddpm_loss.cu"), ("eps-mse fwd+bwd", "ddpm_loss.cu")]
     assert all(r["ms"] > 0 and r["mb_moved"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_CHECKS))
+def test_every_kernel_of_a_file_is_checked(name):
+    """Each kernel_checks module lists (and so checks) every kernel its .cu file defines."""
+    source = runtime.kernel_source(f"{name}.cu")
+    assert set(runtime.kernel_signatures(source)) == set(KERNEL_CHECKS[name].KERNELS)
+
+
+# lif.cu has its own test over its 80 variants (tests/snn/test_lif.py)
+@pytest.mark.skipif(not runtime.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
+@pytest.mark.parametrize("arch", runtime.NVRTC_ARCHITECTURES)
+@pytest.mark.parametrize("name", sorted(set(KERNEL_CHECKS) - {"lif"}))
+def test_every_variant_compiles_with_nvrtc(name, arch):
+    check = KERNEL_CHECKS[name]
+    for defines in check.variants():
+        ptx = runtime.nvrtc_compile(runtime.kernel_source(f"{name}.cu"), defines, arch=arch, name=f"{name}.cu")
+        for kernel in check.KERNELS:
+            assert f".entry {kernel}(" in ptx, (kernel, defines)
+        if defines["scalar_t"] == "float":
+            # the float variant must not fall back to double arithmetic (10-60x slower on most GPUs)
+            assert re.search(r"\.f64\b", ptx) is None, defines

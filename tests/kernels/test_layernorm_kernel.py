@@ -1,8 +1,7 @@
 """minisdit/kernels/layernorm.cu (LayerNorm without affine, forward and backward) against the weight-less
 branch of nn_ops.LayerNorm, through minisdit.kernel_checks.layernorm.check: the .cu source run on the CPU
-(odd sizes, several blocks, a grid that must wrap), compiled with NVRTC, the Function's fused branch
+(odd sizes, several blocks, a grid that must wrap), compiled with NVRTC (tests/kernels/test_kernel_checks.py), the Function's fused branch
 (float64 gradients against central differences), and on a GPU."""
-import re
 
 import numpy as np
 import pytest
@@ -41,21 +40,6 @@ def definition(x, eps):
 @pytest.mark.parametrize("block,max_blocks", LAUNCHES)
 def test_kernels_on_cpu_match_the_reference(dtype, shape, block, max_blocks):
     assert layernorm_check.check(dtype, shape, block=block, max_blocks=max_blocks, seed=len(shape)) <= 1
-
-
-@pytest.mark.skipif(not runtime.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
-@pytest.mark.parametrize("arch", runtime.NVRTC_ARCHITECTURES)
-@pytest.mark.parametrize("defines", layernorm_check.variants(), ids=lambda d: d["scalar_t"])
-def test_kernels_compile_with_nvrtc(defines, arch):
-    ptx = runtime.nvrtc_compile(runtime.kernel_source("layernorm.cu"), defines, arch=arch, name="layernorm.cu")
-    for name in layernorm_check.KERNELS:
-        assert f".entry {name}(" in ptx
-    if defines["scalar_t"] == "float":
-        assert re.search(r"\.f64\b", ptx) is None  # no silent double arithmetic in the float build
-
-
-def test_every_kernel_is_tested():
-    assert set(runtime.kernel_signatures(runtime.kernel_source("layernorm.cu"))) == set(layernorm_check.KERNELS)
 
 
 @needs_compiler

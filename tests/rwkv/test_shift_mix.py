@@ -1,8 +1,7 @@
 """The token shift with its mixes (minisdit/rwkv/shift_mix.py, minisdit/kernels/token_shift.cu): the kernels
 on the CPU against the NumPy references through minisdit.kernel_checks.token_shift.check (forward bitwise),
-NVRTC, float64 gradients of TokenShiftMix against central differences (reference and kernel branches), and
+NVRTC (tests/kernels/test_kernel_checks.py), float64 gradients of TokenShiftMix against central differences (reference and kernel branches), and
 TimeMix / ChannelMix through the kernels against their CPU composition."""
-import re
 
 import numpy as np
 import pytest
@@ -38,21 +37,6 @@ def definition(z, *mixes):
 @pytest.mark.parametrize("block,max_blocks", LAUNCHES)
 def test_kernels_on_cpu_match_the_reference(dtype, shape, mixes, block, max_blocks):
     assert token_shift_check.check(dtype, shape, mixes, block=block, max_blocks=max_blocks, seed=mixes) <= 1
-
-
-@pytest.mark.skipif(not runtime.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
-@pytest.mark.parametrize("arch", runtime.NVRTC_ARCHITECTURES)
-@pytest.mark.parametrize("defines", token_shift_check.variants(), ids=lambda d: d["scalar_t"])
-def test_kernels_compile_with_nvrtc(defines, arch):
-    ptx = runtime.nvrtc_compile(runtime.kernel_source("token_shift.cu"), defines, arch=arch, name="token_shift.cu")
-    for name in token_shift_check.KERNELS:
-        assert f".entry {name}(" in ptx
-    if defines["scalar_t"] == "float":
-        assert re.search(r"\.f64\b", ptx) is None  # no silent double arithmetic in the float build
-
-
-def test_every_kernel_is_tested():
-    assert set(runtime.kernel_signatures(runtime.kernel_source("token_shift.cu"))) == set(token_shift_check.KERNELS)
 
 
 def test_reference_equals_the_definition():

@@ -1,7 +1,6 @@
 """The WKV operator: forward and backward against its O(L^2) definition, and minisdit/kernels/wkv.cu against
-the NumPy recurrences (minisdit.kernel_checks.wkv.check on the CPU build, compiled with NVRTC, and on a GPU if any)."""
+the NumPy recurrences (minisdit.kernel_checks.wkv.check on the CPU build, compiled with NVRTC (tests/kernels/test_kernel_checks.py), and on a GPU if any)."""
 import contextlib
-import re
 
 import numpy as np
 import pytest
@@ -210,17 +209,6 @@ def test_kernel_on_cpu_extreme_k(scalar_t):
     # k at +-100 with long runs of one sign; the reference runs with floating-point errors raised, and a
     # non-finite kernel output is an infinite error
     assert wkv_check.check(VARIANTS[scalar_t], 2, 25, 33, extreme_k=100.0, seed=7) <= 1
-
-
-@pytest.mark.skipif(not runtime.nvrtc_available(), reason="libnvrtc not installed: pip install nvidia-cuda-nvrtc-cu12")
-@pytest.mark.parametrize("arch", runtime.NVRTC_ARCHITECTURES)
-@pytest.mark.parametrize("defines", wkv_check.variants(), ids=lambda d: d["scalar_t"])
-def test_kernel_compiles_with_nvrtc(defines, arch):
-    ptx = runtime.nvrtc_compile(runtime.kernel_source("wkv.cu"), defines, arch=arch, name="wkv.cu")
-    assert ".entry wkv_forward" in ptx and ".entry wkv_backward" in ptx
-    if defines["scalar_t"] == "float":
-        # the float variant must not fall back to double arithmetic (10-60x slower on most GPUs)
-        assert re.search(r"\.f64\b", ptx) is None
 
 
 # ---------------------------------------------------------------------------------------------
