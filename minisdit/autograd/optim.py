@@ -214,6 +214,20 @@ class AdamW:
         return self
 
 
+def ema_decay_at(decay: float, step: int, warmup: bool) -> float:
+    """The EMA decay used at optimizer step ``step`` (0-based): ``decay``, or with ``warmup``
+
+        β_n = min(decay, (1 + n) / (10 + n)),
+
+    which averages over about the last n/10 + 1 steps early on (β_0 = 0.1, β_90 = 0.91, β_990 = 0.991)
+    and reaches ``decay`` after (10·decay − 1)/(1 − decay) steps.  Why: with a fixed β the average
+    keeps the random initial weights for ~1/(1 − β) steps, which a short run cannot afford
+    (docs/decisions.md measures it)."""
+    if not warmup:
+        return decay
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 class EMA:
     """Exponential moving average of the weights (the "EMA model" that diffusion models sample with).
 
@@ -246,10 +260,11 @@ class EMA:
         self.shadow_buffer = self.flat.data.copy()
         self.shadow = self.flat.views(self.shadow_buffer)
 
-    def update(self):
+    def update(self, decay: float | None = None):
+        """One averaging step with ``decay`` (default: the EMA's own; see ``ema_decay_at`` for a warm-up)."""
         self.flat.attach()
         update = self.fused.ema_update if self.fused is not None else ema_update_blocked
-        update(self.shadow_buffer, self.flat.data, self.decay)
+        update(self.shadow_buffer, self.flat.data, self.decay if decay is None else float(decay))
 
     def _targets(self, model_or_params) -> list:
         if model_or_params is None:

@@ -18,6 +18,7 @@ with its recipe for the device as the defaults.  Errors are one line on stderr a
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
@@ -79,6 +80,7 @@ def build_parser():
     for name in ("warmup_steps", "workers", "num_train", "ckpt_every", "log_every", "sample_num"):
         options.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     options.add_argument("--mse-weighting", choices=MSE_WEIGHTINGS, default=None)
+    options.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None)
     options.add_argument("--data-dir", default=None, help="where data sets are cached")
     add_cpu_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

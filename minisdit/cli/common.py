@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from .. import data
 from ..autograd import backend
+from ..diffusion import progress_line
 from ..kernels import runtime
 from ..training.checkpoint import CheckpointError
 from ..training.trainer import TrainingError
@@ -40,6 +41,20 @@ def add_cpu_arguments(parser):
                              "competing for a few cores were 5-10x slower; 0 keeps the library's default)")
     parser.add_argument("--no-cpu-kernels", action="store_true",
                         help="on the CPU, run LIF, WKV and the DDPM loss with the NumPy references instead of minisdit/kernels/*.cu compiled as C++")
+
+
+def add_sampling_arguments(parser):
+    """--workers and --clip-denoised, shared by sample and evaluate."""
+    parser.add_argument("--workers", type=int, default=2,
+                        help="CPU processes sharing the batches (default 2; the images are the same for any number; "
+                             "a GPU uses one)")
+    parser.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=False,
+                        help="clip the predicted x̂_0 to [-1, 1] at every step (default off, as the authors)")
+
+
+def sampling_report(show: bool):
+    """The progress ``report`` of generate_in_workers: a line per finished batch on stderr, or None."""
+    return progress_line(sys.stderr) if show else None
 
 
 def _gpu_name() -> str:

@@ -27,19 +27,20 @@ import numpy as np
 from .. import data
 from ..autograd import backend
 from ..data.images import to_uint8
-from ..diffusion import SAMPLERS, generate
+from ..diffusion import SAMPLERS, generate, generate_in_workers
 from ..metrics import (estimate_energy, inception_features, inception_score, lenet_outputs, linear_macs,
                        load_inception, load_lenet, reference_statistics)
 from ..metrics.energy import forward_macs
 from ..metrics.fid import FeatureStatistics
 from ..snn import firing_rates, record_firing_rates, reset_firing_rates
 from ..training.checkpoint import CheckpointError, load_model
-from .common import OneLineParser, add_cpu_arguments, configure_cpu_runtime, own_runtime_settings
+from .common import (OneLineParser, add_cpu_arguments, add_sampling_arguments, configure_cpu_runtime,
+                     own_runtime_settings, sampling_report)
 from .sample import check_steps, diffusion_from_checkpoint
 
-METRICS = ("fid-lenet", "is-lenet", "fid-inception")
+METRICS = ("fid-lenet", "is-lenet", "class-lenet", "fid-inception")
 # what minisdit.sample writes into an .npz beside the images, recorded in the JSON
-SAMPLE_SETTINGS = ("sampler", "steps", "cfg_scale", "eta", "seed", "checkpoint_step", "weights")
+SAMPLE_SETTINGS = ("sampler", "steps", "cfg_scale", "eta", "clip_denoised", "seed", "checkpoint_step", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test images for the FID_Inception reference (default: the whole split)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--energy", action="store_true", help="also report firing rates and the 45 nm energy estimate")
+    add_sampling_arguments(parser)
     parser.add_argument("--json", default=None, help="where to write the results (default: <ckpt folder>/eval.json, "
                                                      "without --ckpt <samples file>.eval.json)")
 
@@ -68,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def lenet_metrics(images_uint8: np.ndarray, dataset: str, wanted: list[str], device: str) -> dict:
+def lenet_metrics(images_uint8: np.ndarray, dataset: str, wanted: list[str], device: str, labels=None) -> dict:
+    """FID_LeNet, IS_LeNet and "class-lenet": the share of samples the dataset's LeNet classifies as the
+    class they were drawn for (``labels``), with the share per class in "class-lenet per class"."""
 
     lenet = load_lenet(dataset, device=device)
     features, probabilities = lenet_outputs(images_uint8, lenet)
@@ -78,6 +82,14 @@ def lenet_metrics(images_uint8: np.ndarray, dataset: str, wanted: list[str], dev
         results["fid-lenet"] = FeatureStatistics.from_features(features).frechet_distance(reference)
     if "is-lenet" in wanted:
         results["is-lenet"] = inception_score(probabilities, splits=1)[0]
+    if "class-lenet" in wanted:
+        if labels is None:
+            raise ValueError("class-lenet needs the labels the samples were drawn for; the samples file holds none "
+                             "(write it with python -m minisdit.sample --out FILE.npz)")
+        labels = np.asarray(labels)[:len(images_uint8)]
+        read = np.argmax(probabilities, axis=1)
+        results["class-lenet"] = float(np.mean(read == labels))
+        results["class-lenet per class"] = {int(k): float(np.mean(read[labels == k] == k)) for k in np.unique(labels)}
     results["lenet_test_accuracy"] = lenet.metadata.get("test_accuracy")
     return results
 
@@ -151,6 +163,7 @@ def load_samples(path) -> tuple[np.ndarray, dict]:
         images = stored["images"]
         settings = {name: stored[name].item() if name in stored.files else None
                     for name in SAMPLE_SETTINGS + ("dataset",)}
+        settings["labels"] = stored["labels"] if "labels" in stored.files else None
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"--samples {path}: 'images' must be uint8 (N, C, H, W), got {images.dtype} {images.shape}; "
                          "give a file written by python -m minisdit.sample --out FILE.npz")
@@ -204,13 +217,17 @@ def run(args) -> int:
         images = images[: args.num_samples]
         dataset = choose_dataset(args.dataset, checkpoint, settings)
         settings.pop("dataset")
+        labels = settings.pop("labels")
     else:
         check_steps(args.steps, diffusion)
         dataset = choose_dataset(args.dataset, checkpoint, None)
         labels = np.arange(args.num_samples) % model.num_classes
-        images = to_uint8(generate(diffusion, model, labels, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                   cfg_scale=args.cfg_scale, eta=args.eta, batch_size=args.batch_size, progress=True))
+        images = to_uint8(generate_in_workers(diffusion, model, labels, workers=args.workers, sampler=args.sampler,
+                                              steps=args.steps, seed=args.seed, cfg_scale=args.cfg_scale, eta=args.eta,
+                                              batch_size=args.batch_size, clip_denoised=args.clip_denoised,
+                                              report=sampling_report(True)))
         settings = {"sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "eta": args.eta,
+                    "clip_denoised": args.clip_denoised,
                     "seed": args.seed, "checkpoint_step": checkpoint["step"], "weights": checkpoint["weights_used"]}
     sampling_seconds = None if args.samples else time.perf_counter() - started  # a file's images were drawn earlier
     if settings["sampler"] is not None:
@@ -222,8 +239,8 @@ def run(args) -> int:
                "step": checkpoint["step"] if checkpoint else settings["checkpoint_step"],
                "samples": args.samples and str(args.samples), "dataset": dataset, "num_samples": int(len(images)),
                **settings, "split": "test", "sampling_seconds": sampling_seconds, "metrics": {}}
-    if {"fid-lenet", "is-lenet"} & set(wanted):
-        results["metrics"].update(lenet_metrics(images, dataset, wanted, args.device))
+    if {"fid-lenet", "is-lenet", "class-lenet"} & set(wanted):
+        results["metrics"].update(lenet_metrics(images, dataset, wanted, args.device, labels))
     if "fid-inception" in wanted:
 
         inception = load_inception(device=args.device)
@@ -237,6 +254,9 @@ def run(args) -> int:
     print(f"{'metric':<14} {'value':>10}  samples  sampler                    split")
     for name in wanted:
         print(f"{name:<14} {results['metrics'][name]:>10.3f}  {len(images):>7}  {sampler_note:<26} test ({dataset})")
+    if "class-lenet" in wanted:
+        per_class = results["metrics"]["class-lenet per class"]
+        print("class-lenet per class: " + ", ".join(f"{k}: {v:.0%}" for k, v in per_class.items()))
     if args.energy:
         energy = results["energy"]
         for name, rate in energy["firing_rates"].items():

@@ -3,11 +3,12 @@
     python -m minisdit.sample --ckpt runs/mnist-tiny/checkpoint.safetensors --num 64 --sampler ddpm \
         --steps 250 --cfg-scale 1.0 --out grid.png        # or --out samples.npz (uint8 images + labels)
 
-The same checkpoint, seed, labels, sampler, steps, eta, guidance and --batch-size give the same
-images: those of ``minisdit.diffusion.generate`` with the same arguments.  The diffusion is the one
+The same checkpoint, seed, labels, sampler, steps, eta, guidance, --clip-denoised and --batch-size
+give the same images: those of ``minisdit.diffusion.generate`` with the same arguments, for any
+--workers (the CPU processes that share the batches; a progress line reports images/s).  The diffusion is the one
 the checkpoint was trained with (``config["num_timesteps"]`` steps), and --steps respaces it.  The
 .npz holds ``images`` (N, C, H, W) uint8 (round((x + 1) 127.5) clipped, docs/DESIGN.md §5),
-``labels`` (N,) int64, and what made them: ``sampler``, ``steps``, ``cfg_scale``, ``eta``,
+``labels`` (N,) int64, and what made them: ``sampler``, ``steps``, ``cfg_scale``, ``eta``, ``clip_denoised``,
 ``seed``, ``checkpoint_step``, ``weights`` ("ema" or "model") and ``dataset`` (what the model was
 trained on, so that ``python -m minisdit.evaluate --samples`` needs no checkpoint).
 """
@@ -20,10 +21,11 @@ import numpy as np
 
 from ..autograd import backend
 from ..data.images import save_grid, to_uint8
-from ..diffusion import SAMPLERS, GaussianDiffusion, generate
+from ..diffusion import SAMPLERS, GaussianDiffusion, generate_in_workers
 from ..training.checkpoint import CheckpointError, load_model
 from ..training.config import build_diffusion
-from .common import OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
+from .common import (OneLineParser, add_cpu_arguments, add_sampling_arguments, choose_device, configure_cpu_runtime,
+                     own_runtime_settings, sampling_report)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -43,14 +45,15 @@ def build_parser():
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: gpu if usable, else cpu")
     parser.add_argument("--batch-size", type=int, default=256, help="images drawn together (part of what the seed fixes)")
     parser.add_argument("--no-ema", action="store_true", help="use the trained weights even when EMA weights exist")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line")
+    add_sampling_arguments(parser)
     parser.add_argument("--out", default="samples.png", help=".png (a grid) or .npz (uint8 images and labels)")
     add_cpu_arguments(parser)
     return parser
 
 
 def check_arguments(args) -> None:
-    for name in ("num", "batch_size"):
+    for name in ("num", "batch_size", "workers"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if not args.eta >= 0:
@@ -106,9 +109,10 @@ def main(argv=None) -> int:
         check_steps(args.steps, diffusion)
         labels = parse_labels(args.labels, args.num, model.num_classes)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            images = generate(diffusion, model, labels, sampler=args.sampler, steps=args.steps,
-                              seed=args.seed, cfg_scale=args.cfg_scale, eta=args.eta, batch_size=args.batch_size,
-                              progress=not args.no_progress and sys.stderr.isatty())
+            images = generate_in_workers(diffusion, model, labels, workers=args.workers, sampler=args.sampler,
+                                         steps=args.steps, seed=args.seed, cfg_scale=args.cfg_scale, eta=args.eta,
+                                         batch_size=args.batch_size, clip_denoised=args.clip_denoised,
+                                         report=sampling_report(not args.no_progress))
         if not np.isfinite(images).all():
             raise ValueError(f"the samples hold non-finite values; checkpoint {args.ckpt} (step {checkpoint['step']}) "
                              "may hold diverged weights; use an earlier checkpoint")
@@ -118,6 +122,7 @@ def main(argv=None) -> int:
         if out.suffix.lower() == ".npz":
             np.savez(out, images=images, labels=labels, sampler=np.array(args.sampler), steps=np.array(args.steps),
                      cfg_scale=np.array(args.cfg_scale), eta=np.array(args.eta), seed=np.array(args.seed),
+                     clip_denoised=np.array(args.clip_denoised),
                      checkpoint_step=np.array(checkpoint["step"]), weights=np.array(which),
                      dataset=np.array(str(checkpoint["config"].get("dataset", ""))))
         else:
@@ -128,7 +133,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except (CheckpointError, ValueError, OSError, backend.DeviceUnavailableError) as error:
+    except (CheckpointError, ValueError, OSError, RuntimeError, backend.DeviceUnavailableError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     print(f"wrote {len(images)} images ({args.sampler}, {args.steps} steps, cfg {args.cfg_scale}, "

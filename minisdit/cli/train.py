@@ -38,7 +38,7 @@ from .common import EXPECTED_ERRORS, one_line_error, OneLineParser, add_cpu_argu
 
 # fields of TrainConfig that are command-line options of the same name (--batch-size: batch_size)
 OPTIONS = ("dataset", "preset", "seed", "batch_size", "lr", "weight_decay", "warmup_steps", "lr_decay_fraction",
-           "grad_clip", "ema", "mse_weighting", "max_mse_weight", "workers", "num_train",
+           "grad_clip", "ema", "ema_warmup", "mse_weighting", "max_mse_weight", "workers", "num_train",
            "sample_every", "sample_steps", "sample_num", "cfg_scale", "ckpt_every", "log_every") + VARIANT_FIELDS
 
 
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                         help="continue from a checkpoint (without PATH: <out>/checkpoint.safetensors)")
     parser.add_argument("--ema", type=float, default=None, help="EMA decay of the weights, e.g. 0.9999 (default 0: off)")
+    parser.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                        help="grow the EMA decay as min(--ema, (1 + step)/(10 + step)) (default on; --no-ema-warmup: "
+                             "the fixed decay from the first step)")
     parser.add_argument("--sample-every", type=int, default=None, help="write a sample grid every N steps")
     parser.add_argument("--sample-steps", type=int, default=None, help="respaced DDPM steps for the sample grids")
     parser.add_argument("--sample-num", type=int, default=None, help="images per sample grid (default: 100 on GPU, 20 on CPU)")

@@ -41,7 +41,8 @@ from .losses import vb_bits_per_dim
 from .schedules import get_beta_schedule, respaced_betas, space_timesteps
 
 LOSSES = ("hybrid", "mse")
-MSE_WEIGHTINGS = ("uniform", "truncated-snr")
+MSE_WEIGHTINGS = ("uniform", "truncated-snr", "min-snr")
+MIN_SNR_GAMMA = 5.0  # γ of the "min-snr" weighting (Hang et al. 2023's default)
 FIXED_VARIANCES = ("large", "small")
 
 
@@ -331,12 +332,16 @@ class GaussianDiffusion:
         capped.  At low SNR the image is a small part of x_t, so plain ε-MSE hardly depends on the
         digit's shape or class, and a small model learns them slowly (docs/decisions.md measures it);
         this weighting gives those steps the weight of their x̂_0 error, at most ``max_mse_weight``.
+        "min-snr": λ_t = min(SNR_t, γ)/SNR_t = min(1, γ/SNR_t), γ = 5 (Hang et al., "Min-SNR
+        weighting"): the steps of little noise, whose ε error barely moves x̂_0, weigh less.
         """
         t = np.asarray(t)
         if self.mse_weighting == "uniform":
             return np.ones(t.shape)
         alpha_bar = self.alphas_cumprod[t]
         inverse_snr = (1.0 - alpha_bar) / alpha_bar
+        if self.mse_weighting == "min-snr":
+            return np.minimum(1.0, MIN_SNR_GAMMA * inverse_snr)
         return np.clip(inverse_snr, 1.0, self.max_mse_weight)
 
     # ----- sampling (diffusion/samplers.py) -----

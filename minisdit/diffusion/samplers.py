@@ -198,12 +198,14 @@ def ddim_reverse_loop(diffusion, model, x0, y=None, steps=None, clip_denoised: b
 # images from a trained model
 # --------------------------------------------------------------------------------------------
 def generate(diffusion, model, labels, *, sampler: str = "ddpm", steps: int = 250, seed: int = 0,
-             cfg_scale: float = 1.0, eta: float = 0.0, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+             cfg_scale: float = 1.0, eta: float = 0.0, batch_size: int = 256, progress: bool = False,
+             clip_denoised: bool = False, first_batch: int = 0) -> np.ndarray:
     """Images (N, C, H, W) in [-1, 1] as a NumPy array, one per label, reproducible from ``seed``.
 
     ``sampler`` "ddpm" (ancestral; ``eta`` must stay 0) or "ddim" (with ``eta``).  Batch b draws
     its noise from default_rng([seed, b]), so the same seed (and batch size) gives the same images
-    whatever else ran before.
+    whatever else ran before.  ``first_batch``: the index b of the first batch (for batches drawn
+    elsewhere, sampling_workers.py).  ``clip_denoised``: clip x̂_0 to [-1, 1] at every step.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -215,11 +217,11 @@ def generate(diffusion, model, labels, *, sampler: str = "ddpm", steps: int = 25
     model.eval()
     chunks = []
     try:
-        for b, start in enumerate(range(0, len(labels), batch_size)):
+        for b, start in enumerate(range(0, len(labels), batch_size), start=first_batch):
             y = labels[start:start + batch_size]
             shape = (len(y), model.in_channels, model.input_size, model.input_size)
             images = sample_loop(diffusion, model, shape, step, y=y, steps=steps, rng=np.random.default_rng([seed, b]),
-                                 cfg_scale=cfg_scale, progress=progress)
+                                 cfg_scale=cfg_scale, progress=progress, clip_denoised=clip_denoised)
             chunks.append(backend.to_numpy(getattr(images, "data", images)))
     finally:
         model.train(was_training)

@@ -18,7 +18,7 @@ from ..models import sdit_from_preset
 
 NUM_TIMESTEPS = 1000  # the diffusion's length T (docs/DESIGN.md §4)
 MAX_MSE_WEIGHT = 30.0  # the cap of the truncated-SNR ε-MSE weights (docs/decisions.md)
-MSE_WEIGHTINGS = ("uniform", "truncated-snr")
+from ..diffusion.gaussian import MSE_WEIGHTINGS
 ATTENTIONS = ("rwkv", "softmax")  # TimeMix (the paper) or standard multi-head self-attention (issue 15)
 
 
@@ -51,6 +51,7 @@ class TrainConfig:
     lr_decay_fraction: float = 0.0  # > 0: the last fraction of the steps decays linearly towards 0
     grad_clip: float = 0.0  # 0: off
     ema: float = 0.0  # EMA decay of the weights; 0: off
+    ema_warmup: bool = True  # the decay grows as min(ema, (1 + step)/(10 + step)) (autograd/optim.py ema_decay_at)
     mse_weighting: str = "uniform"  # or "truncated-snr" (GaussianDiffusion.mse_weights)
     max_mse_weight: float = MAX_MSE_WEIGHT
     workers: int = 1  # CPU processes sharing each batch (minisdit/training/parallel.py)

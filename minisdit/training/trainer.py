@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from ..autograd import backend
-from ..autograd.optim import EMA, AdamW, clip_grad_norm
+from ..autograd.optim import EMA, AdamW, clip_grad_norm, ema_decay_at
 from ..autograd.tensor import Tensor
 from ..data import to_model_range
 from ..data.images import save_grid, to_uint8
@@ -307,7 +307,7 @@ class Trainer:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             self.optimizer.step()
             if self.ema is not None:
-                self.ema.update()
+                self.ema.update(ema_decay_at(self.config.ema, self.step, self.config.ema_warmup))
         self.step += 1
         record["lr"] = self.optimizer.lr
         return record

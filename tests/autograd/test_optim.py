@@ -7,7 +7,8 @@ import pytest
 from safetensors.numpy import load as safetensors_load, save as safetensors_save
 
 from minisdit import backend, nn
-from minisdit.autograd.optim import EMA, AdamW, clip_grad_norm
+from minisdit.autograd.optim import EMA, AdamW, clip_grad_norm, ema_decay_at
+from minisdit.autograd.tensor import Tensor
 
 
 def parameters(device="cpu", dtype=np.float64, seed=0):
@@ -180,6 +181,23 @@ def test_ema_follows_its_formula(device):
     for p, s in zip(params, shadow):
         np.testing.assert_allclose(p.numpy(), s, rtol=1e-14)
         assert p.device == device
+
+
+def test_ema_warmup_decay_grows_to_the_set_decay():
+    assert ema_decay_at(0.999, 0, warmup=True) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 90, warmup=True) == pytest.approx(0.91)
+    decays = [ema_decay_at(0.999, n, warmup=True) for n in range(20000)]
+    assert np.all(np.diff(decays) >= 0) and decays[-1] == 0.999
+    assert int(np.argmax(np.array(decays) == 0.999)) == 8990  # (10·0.999 − 1)/(1 − 0.999) = 8990 steps
+    assert ema_decay_at(0.999, 0, warmup=False) == 0.999
+
+
+def test_ema_update_with_a_given_decay():
+    params = [Tensor(np.zeros(3))]
+    ema = EMA(params, decay=0.9)
+    params[0].data = np.ones(3)
+    ema.update(decay=0.25)  # θ̄ = 0.25·0 + 0.75·1
+    np.testing.assert_allclose(ema.shadow[0], 0.75, rtol=1e-15)
 
 
 def test_ema_of_a_model_uses_its_names_and_round_trips():

@@ -58,6 +58,28 @@ def test_lenet_metrics_of_a_samples_file_match_the_library(checkpoint_path, tmp_
     assert len(table) == 2 and all(" 30 " in line and "test (mnist)" in line for line in table)
 
 
+def test_class_lenet_is_the_share_read_as_the_requested_class(checkpoint_path, tmp_path):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (40, 1, 28, 28)).astype(np.uint8)
+    labels = np.arange(40) % 10
+    read = np.argmax(lenet_outputs(images, load_lenet("mnist"))[1], axis=1)
+    labels[:12] = read[:12]  # some samples read as their label, so the share is neither 0 nor chance by accident
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, images=images, labels=labels)
+    out = tmp_path / "eval.json"
+    code, stdout, stderr = run_cli("--samples", samples, "--dataset", "mnist", "--metric", "class-lenet", "--json", out)
+    assert code == 0, stderr
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["class-lenet"] == pytest.approx(np.mean(read == labels), rel=1e-12) and metrics["class-lenet"] >= 0.3
+    for k, share in metrics["class-lenet per class"].items():
+        assert share == pytest.approx(np.mean(read[labels == int(k)] == int(k)), rel=1e-12)
+    assert "class-lenet per class: 0: " in stdout
+    bare = tmp_path / "bare.npz"
+    np.savez(bare, images=images)
+    code, _, stderr = run_cli("--samples", bare, "--dataset", "mnist", "--metric", "class-lenet")
+    assert_one_line_error(code, stderr, "class-lenet needs the labels")
+
+
 def test_sampling_run_with_energy_reports_rates_and_settings(checkpoint_path, tmp_path):
     out = tmp_path / "eval.json"
     code, stdout, stderr = run_cli("--ckpt", checkpoint_path, "--num-samples", 4, "--sampler", "ddim", "--steps", 2,
@@ -98,7 +120,8 @@ def test_a_file_of_minisdit_sample_needs_no_checkpoint_and_its_settings_are_reco
     assert code == 0, stderr
     results = json.loads(samples.with_suffix(".eval.json").read_text())  # the default place without --ckpt
     assert {name: results[name] for name in evaluate.SAMPLE_SETTINGS} == {
-        "sampler": "ddim", "steps": 2, "cfg_scale": 2.0, "eta": 0.3, "seed": 5, "checkpoint_step": 7, "weights": "model"}
+        "sampler": "ddim", "steps": 2, "cfg_scale": 2.0, "eta": 0.3, "clip_denoised": False, "seed": 5,
+        "checkpoint_step": 7, "weights": "model"}
     assert (results["checkpoint"], results["step"], results["dataset"], results["samples"]) == (None, 7, "mnist",
                                                                                                str(samples))
     with np.load(samples) as drawn:

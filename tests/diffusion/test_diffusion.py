@@ -13,7 +13,9 @@ from scipy import integrate, stats
 from minisdit import Tensor
 from minisdit import functional as F
 from minisdit.diffusion import (DDIMStep, EpsilonMSE, GaussianDiffusion, SpacedDiffusion, approx_standard_normal_cdf,
-                                ddim_sigma, discretized_gaussian_log_likelihood, generate, normal_kl, space_timesteps)
+                                ddim_sigma, discretized_gaussian_log_likelihood, generate, generate_in_workers, normal_kl,
+                                space_timesteps)
+from minisdit.models import sdit_from_preset
 from minisdit.autograd.gradcheck import gradcheck
 
 FAST = settings(max_examples=settings().max_examples * 5 // 6, deadline=None)
@@ -688,6 +690,16 @@ def test_truncated_snr_weights_are_the_x0_error_weight_capped():
     np.testing.assert_array_equal(DIFFUSION.mse_weights(t), np.ones(1000))
 
 
+def test_min_snr_weights_are_gamma_over_snr_capped_at_one():
+    d = GaussianDiffusion(mse_weighting="min-snr")
+    weights = d.mse_weights(np.arange(1000))
+    snr = d.alphas_cumprod / (1 - d.alphas_cumprod)
+    for step in (0, 10, 50, 100, 150, 300, 999):  # min(SNR, 5)/SNR, step by step
+        assert weights[step] == pytest.approx(min(snr[step], 5.0) / snr[step], rel=1e-12), step
+    assert np.all(np.diff(weights) >= 0) and weights[0] < 1e-3 and weights[-1] == 1
+    assert 0 < int(np.argmax(weights == 1)) < 250  # SNR falls below γ = 5 before SNR = 1 (t ≈ 250)
+
+
 def test_weighted_training_loss_and_its_gradient():
     """loss = mean_n(λ_{t_n} MSE_n + vb_n); ε̂ gets λ_n times the uniform gradient, v the same one."""
     rng = np.random.default_rng(4)
@@ -713,7 +725,30 @@ def test_weighted_training_loss_and_its_gradient():
 
 
 def test_mse_weighting_rejects_bad_options():
-    with pytest.raises(ValueError, match="unknown mse_weighting 'snr'; choose one of uniform, truncated-snr"):
+    with pytest.raises(ValueError, match="unknown mse_weighting 'snr'; choose one of uniform, truncated-snr, min-snr"):
         GaussianDiffusion(mse_weighting="snr")
     with pytest.raises(ValueError, match="max_mse_weight must be at least 1"):
         GaussianDiffusion(mse_weighting="truncated-snr", max_mse_weight=0.5)
+
+
+def test_generate_in_workers_gives_the_images_of_one_process():
+    """Batch b draws from default_rng([seed, b]) whoever computes it: 2 or 3 workers, one process and
+    ``generate`` give the same bits; the report sees every image once, in the end all of them."""
+    model = sdit_from_preset("tiny", seed=3)
+    labels = np.arange(7) % 10
+    options = dict(steps=2, seed=4, batch_size=3, cfg_scale=2.0, clip_denoised=True)
+    expected = generate(DIFFUSION, model, labels, **options)
+    for workers in (1, 2, 3):
+        seen = []
+        images = generate_in_workers(DIFFUSION, model, labels, workers=workers,
+                                     report=lambda done, total, seconds: seen.append((done, total)), **options)
+        np.testing.assert_array_equal(images, expected)
+        assert seen[-1] == (7, 7) and len(seen) == 3 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_failing_sampling_worker_is_reported_in_one_line():
+    model = sdit_from_preset("tiny", seed=3)
+    with pytest.raises(RuntimeError, match=r"a sampling worker failed: ValueError: unknown sampler 'nope'"):
+        generate_in_workers(DIFFUSION, model, np.arange(4), workers=2, batch_size=2, steps=2, sampler="nope")
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        generate_in_workers(DIFFUSION, model, np.arange(4), workers=0)
