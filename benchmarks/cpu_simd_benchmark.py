@@ -33,32 +33,35 @@ def kernel_calls(rng):
     """{name: a function launching that kernel once} at the `tiny` step's shapes (batch 16)."""
     neurons, steps = 102400, 4
     x, grad = (rng.standard_normal(neurons).astype(np.float32) for _ in range(2))
-    out = np.empty(neurons, np.float32)
+    sequence = rng.standard_normal((steps, neurons // steps)).astype(np.float32)
+    rate, grad_x, spikes, h = (np.zeros(shape, np.float32) for shape in [neurons, neurons] + [sequence.shape] * 2)
     batch, length, channels = 16, 100, 64
     w = rng.random(channels).astype(np.float32)
     u = rng.standard_normal(channels).astype(np.float32)
     k, v, r, grad_y = (rng.standard_normal((batch, length, channels)).astype(np.float32) for _ in range(4))
-    y, gated, log_d, grad_k, grad_v, grad_r = (np.empty((batch, length, channels), np.float32) for _ in range(6))
-    grad_w, grad_u = (np.empty((batch, channels), np.float32) for _ in range(2))
+    y, log_d, gated, wkv_gated, log_d_gated, grad_k, grad_v = (np.zeros((batch, length, channels), np.float32)
+                                                               for _ in range(7))
+    grad_w, grad_u = (np.zeros((batch, channels), np.float32) for _ in range(2))
     lif = runtime.Kernels("lif.cu", {"SURROGATE": 0, "HARD_RESET": 1, "DETACH_RESET": 0, "DECAY_INPUT": 1,
                                      "scalar_t": "float"})
     wkv = runtime.Kernels("wkv.cu", {"scalar_t": "float"})
     return {
-        "spike_rate_forward": lambda: lif.run("spike_rate_forward", neurons, x, out, neurons, steps, 2.0, 1.0, 0.0),
-        "spike_rate_backward": lambda: lif.run("spike_rate_backward", neurons, x, grad, out, neurons, steps,
+        "spike_rate_forward": lambda: lif.run("spike_rate_forward", neurons, x, rate, neurons, steps, 2.0, 1.0, 0.0),
+        "spike_rate_backward": lambda: lif.run("spike_rate_backward", neurons, x, grad, grad_x, neurons, steps,
                                                2.0, 1.0, 0.0, 4.0),
-        "lif_forward (T=4)": lambda: lif.run("lif_forward", neurons // steps, x, out, grad, neurons // steps, steps,
+        "lif_forward (T=4)": lambda: lif.run("lif_forward", neurons // steps, sequence, spikes, h, neurons // steps, steps,
                                              2.0, 1.0, 0.0),
         "wkv_forward": lambda: wkv.run("wkv_forward", batch * channels, w, u, k, v, y, log_d, batch, length, channels),
         "wkv_backward": lambda: wkv.run("wkv_backward", batch * channels, w, u, k, v, y, log_d, grad_y, grad_k,
                                         grad_v, grad_w, grad_u, batch, length, channels),
-        "wkv_gated_forward": lambda: wkv.run("wkv_gated_forward", batch * channels, w, u, k, v, r, gated, y, log_d,
-                                             batch, length, channels),
+        "wkv_gated_forward": lambda: wkv.run("wkv_gated_forward", batch * channels, w, u, k, v, r, gated, wkv_gated,
+                                             log_d_gated, batch, length, channels),
     }
 
 
-def per_kernel(repeats: int):
+def per_kernel(repeats: int, calls_per_timing: int = 10):
     calls = kernel_calls(np.random.default_rng(0))
+    calls["wkv_forward"]()  # y and ln D for wkv_backward, from the forward of the same inputs
     times = {(build, name): [] for build in BUILDS for name in calls}
     for build in BUILDS:  # compile both builds before timing anything
         with runtime.cpu_build(build):
@@ -69,9 +72,10 @@ def per_kernel(repeats: int):
             for build in BUILDS:
                 with runtime.cpu_build(build):
                     start = time.perf_counter()
-                    call()
-                    times[(build, name)].append(time.perf_counter() - start)
-    print(f"per kernel (median of {repeats}, ms per call)")
+                    for _ in range(calls_per_timing):
+                        call()
+                    times[(build, name)].append((time.perf_counter() - start) / calls_per_timing)
+    print(f"per kernel at the tiny step's shapes (median of {repeats} x {calls_per_timing} calls, ms per call)")
     print(f"{'kernel':<22}{'scalar':>10}{'vector':>10}{'speed-up':>10}")
     for name in calls:
         old, new = (np.median(times[(build, name)]) * 1e3 for build in BUILDS)
