@@ -32,3 +32,25 @@ using std::erf;
 using std::fmax;
 using std::fmin;
 using std::isfinite;
+
+// Marks the C++ build, so that a .cu file can include its CPU-only loops (lif_cpu.h, wkv_cpu.h)
+// in a block that NVRTC skips.
+#define MINISDIT_CPU 1
+
+// Vector versions of exp and log for `#pragma omp simd` loops: glibc's libmvec has them
+// (_ZGVdN8v_expf, ...; at most 4 ulp, special values handled) but math.h declares them only
+// under -ffast-math, which minisdit cannot use (it breaks the isfinite/inf handling the WKV and
+// the loss checks rely on).  Declaring the functions `omp declare simd` here is what math.h would
+// do; the runtime defines MINISDIT_VECTOR_MATH and links -lmvec only where libmvec exists.
+#ifdef MINISDIT_VECTOR_MATH
+extern "C" {
+#pragma omp declare simd notinbranch
+float expf(float) noexcept;
+#pragma omp declare simd notinbranch
+float logf(float) noexcept;
+#pragma omp declare simd notinbranch
+double exp(double) noexcept;
+#pragma omp declare simd notinbranch
+double log(double) noexcept;
+}
+#endif

@@ -197,3 +197,9 @@ extern "C" __global__ void spike_rate_backward(const scalar_t* __restrict__ x, c
         grad_x[i] = grad_rate[i] * dcount_dx / (scalar_t)T;
     }
 }
+
+// On the CPU the fast launch runs the same recurrences with the loop over threads innermost, so
+// that it vectorises (lif_cpu.h); NVRTC never defines MINISDIT_CPU, so the GPU compiles only the above.
+#ifdef MINISDIT_CPU
+#include "lif_cpu.h"
+#endif

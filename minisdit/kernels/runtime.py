@@ -326,16 +326,42 @@ class CpuKernel:
         self.function(*converted)
 
 
-def cpu_launcher_source(file_name: str) -> str:
+def cpu_companion_header(file_name: str) -> str:
+    """The text of ``kernels/<stem>_cpu.h`` (the CPU-only loops a ``.cu`` file includes for the
+    C++ build, docs/DESIGN.md §7), or "" when the file has none."""
+    path = kernel_directory() / f"{Path(file_name).stem}_cpu.h"
+    return path.read_text() if path.exists() else ""
+
+
+_SERIAL_FUNCTION = re.compile(r"\bcpu_serial_(\w+)\s*\(")
+
+
+def cpu_serial_kernels(file_name: str) -> set[str]:
+    """The kernels of ``file_name`` that have a ``cpu_serial_<name>`` in its companion header: the
+    same recurrences with the loop over threads innermost, which the compiler vectorises."""
+    return set(_SERIAL_FUNCTION.findall(cpu_companion_header(file_name))) & set(_signatures_of(file_name))
+
+
+def cpu_launcher_source(file_name: str, vectorized: bool = True) -> str:
     """The C++ that runs ``kernels/file_name`` on the CPU: per kernel, a ``cpu_launch_<name>`` that
-    loops over the blocks and threads of the grid and calls the kernel with the built-ins set."""
+    loops over the blocks and threads of the grid and calls the kernel with the built-ins set.
+
+    For the fast launch (``CPU_LAUNCH``: one block of one thread, which visits every thread in the
+    kernel's grid-stride loop) a kernel with a ``cpu_serial_<name>`` (``cpu_serial_kernels``) calls
+    that instead: the same result, computed with the loop over threads innermost and vectorised.
+    ``vectorized=False``: every launch runs the kernel thread by thread (the "scalar" build)."""
     signatures = _signatures_of(file_name)
+    serial = cpu_serial_kernels(file_name) if vectorized else set()
     lines = ['#include "cuda_cpu_shim.h"', f'#include "{file_name}"', ""]
     for name, parameters in signatures.items():
         declared = ", ".join(f"{ctype} {pname}" for ctype, pname in parameters)
         passed = ", ".join(pname for _, pname in parameters)
         lines += [
             f'extern "C" void cpu_launch_{name}(unsigned int grid, unsigned int block, {declared}) {{',
+        ]
+        if name in serial:
+            lines += [f"    if (grid == 1 && block == 1) {{ cpu_serial_{name}({passed}); return; }}"]
+        lines += [
             "    gridDim.x = grid; blockDim.x = block;",
             "    for (unsigned int b = 0; b < grid; ++b) {",
             "        blockIdx.x = b;",
@@ -354,22 +380,87 @@ def _cache_directory() -> Path:
     return root
 
 
-# Part of the cache key with the compiler and the sources, so that changing any of them rebuilds the library.
-CPU_COMPILE_OPTIONS = ["-O2", "-std=c++14", "-shared", "-fPIC"]
+# How the kernels are built for the CPU (docs/DESIGN.md §7).  Each build's compile options are
+# part of the cache key with the compiler, the sources and (for -march=native) the host CPU, so that
+# changing any of them rebuilds the library.
+#   "vector" (the default): -O3 for this CPU's vector unit (-march=native: AVX2 and FMA where the
+#       CPU has them), `#pragma omp simd` honoured without OpenMP's run-time (-fopenmp-simd),
+#       libmvec's vector exp/log, and the fast launch running the *_cpu.h loops (threads innermost).
+#       -fno-math-errno: exp and log need not set errno (nothing reads it), without which GCC keeps
+#       every loop that calls them scalar; -fno-trapping-math: no floating-point traps are enabled,
+#       so GCC may compute both sides of a `?:` (a division included) and blend them, without which
+#       the LIF loops stay scalar ("control flow in loop").  Neither changes a result: IEEE
+#       rounding, inf and NaN are kept (-ffast-math's -ffinite-math-only and reassociation are not used).
+#   "scalar": what minisdit did before: -O2, every launch thread by thread; also what the files
+#       without a *_cpu.h get in the "vector" build (_cpu_library says why).  Kept for
+#       benchmarks/cpu_simd_benchmark.py (the side-by-side measurement) and the agreement tests.
+# Never -ffast-math: it breaks the isfinite/inf handling the WKV and the loss checks rely on.
+# FMA contraction is allowed (the GPU contracts too), and each build is deterministic on a machine.
+CPU_BUILDS = {
+    "vector": ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c++14", "-shared", "-fPIC"],
+    "scalar": ["-O2", "-std=c++14", "-shared", "-fPIC"],
+}
+
+_CPU_BUILD = contextvars.ContextVar("minisdit_cpu_build", default="vector")
+
+
+@contextlib.contextmanager
+def cpu_build(name: str):
+    """Inside this block the ops run the CPU kernels of build ``name`` ("vector" or "scalar",
+    ``CPU_BUILDS``), for side-by-side measurements and agreement tests."""
+    if name not in CPU_BUILDS:
+        raise ValueError(f"unknown CPU kernel build {name!r}; choose one of {', '.join(CPU_BUILDS)}")
+    token = _CPU_BUILD.set(name)
+    try:
+        yield
+    finally:
+        _CPU_BUILD.reset(token)
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_library(file_name: str, frozen_defines: tuple):
+def vector_math_options(compiler: str) -> tuple[list[str], list[str]]:
+    """(compile options, link options) for libmvec's vector exp/log: (["-DMINISDIT_VECTOR_MATH"],
+    ["-lmvec"]) where ``compiler`` finds libmvec (glibc on x86-64), else ([], []): the loops then
+    still vectorise except around exp and log."""
+    found = subprocess.run([compiler, "-print-file-name=libmvec.so"], capture_output=True, text=True).stdout.strip()
+    if os.path.isabs(found) and os.path.exists(found):
+        return ["-DMINISDIT_VECTOR_MATH"], ["-lmvec"]
+    return [], []
+
+
+@functools.lru_cache(maxsize=None)
+def host_cpu() -> str:
+    """The CPU model and its instruction-set flags, part of the cache key of a -march=native build
+    (a cache folder shared between machines must not hand one CPU's build to another)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+        return platform.machine() + platform.processor()
+    wanted = [line for line in text.splitlines() if line.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(sorted(set(wanted)))
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_library(file_name: str, frozen_defines: tuple, build: str = "vector"):
     compiler = cpu_compiler()
     if compiler is None:
         raise FileNotFoundError("running kernels on the CPU needs a C++ compiler (g++); install build-essential")
     directory = kernel_directory()
     source = kernel_source(file_name)
     signatures = kernel_signatures(source)
-    launcher = cpu_launcher_source(file_name)
+    # Only a file with CPU-only loops (a companion *_cpu.h) gets the vector build: the others (the
+    # DDPM loss, AdamW, LayerNorm, token shift) are elementwise or reductions that are a small share
+    # of a step, and their checks require the CPU build to equal the NumPy reference bitwise,
+    # which -march=native's FMA contraction would break.
+    vectorized = build == "vector" and bool(cpu_serial_kernels(file_name))
+    launcher = cpu_launcher_source(file_name, vectorized=vectorized)
     flags = _define_flags(dict(frozen_defines))
-    options = CPU_COMPILE_OPTIONS + flags
-    key = hashlib.sha256((compiler + source + launcher + " ".join(options) + (directory / "cuda_cpu_shim.h").read_text()).encode()).hexdigest()[:16]
+    math_compile, math_link = vector_math_options(compiler) if vectorized else ([], [])
+    options = CPU_BUILDS["vector" if vectorized else "scalar"] + math_compile + flags
+    machine = host_cpu() if "-march=native" in options else ""
+    headers = (directory / "cuda_cpu_shim.h").read_text() + cpu_companion_header(file_name)
+    key = hashlib.sha256((compiler + source + launcher + " ".join(options + math_link) + headers + machine).encode()).hexdigest()[:16]
     cache = _cache_directory()
     library_path = cache / f"{Path(file_name).stem}-{key}.so"
     if not library_path.exists():
@@ -382,7 +473,7 @@ def _cpu_library(file_name: str, frozen_defines: tuple):
         launcher_temporary.write_text(launcher)
         temporary = library_path.with_suffix(f".{os.getpid()}.tmp")
         command = [compiler, *options, "-I", str(directory),
-                   "-o", str(temporary), str(launcher_temporary)]
+                   "-o", str(temporary), str(launcher_temporary), *math_link]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise KernelCompileError(f"{file_name} failed to compile as C++ for the CPU:\n{result.stderr}")
@@ -398,9 +489,10 @@ def _cpu_library(file_name: str, frozen_defines: tuple):
     return kernels
 
 
-def cpu_library(file_name: str, defines: dict | None = None) -> dict[str, CpuKernel]:
-    """Every kernel of ``kernels/file_name`` compiled for the CPU, for this variant (cached)."""
-    return _cpu_library(file_name, _freeze(defines))
+def cpu_library(file_name: str, defines: dict | None = None, build: str | None = None) -> dict[str, CpuKernel]:
+    """Every kernel of ``kernels/file_name`` compiled for the CPU, for this variant (cached), in
+    build ``build`` (``CPU_BUILDS``; default: the one ``cpu_build`` selects, "vector" outside it)."""
+    return _cpu_library(file_name, _freeze(defines), build or _CPU_BUILD.get())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -177,3 +177,9 @@ extern "C" __global__ void wkv_gated_backward(const scalar_t* __restrict__ w, co
         wkv_backward_one<true>(w, u, k, v, r, wkv, log_denominator, grad_out, grad_k, grad_v, grad_r,
                                grad_w, grad_u, index, length, channels);
 }
+
+// On the CPU the fast launch runs the same recurrences with the loop over threads innermost, so
+// that it vectorises (wkv_cpu.h); NVRTC never defines MINISDIT_CPU, so the GPU compiles only the above.
+#ifdef MINISDIT_CPU
+#include "wkv_cpu.h"
+#endif
