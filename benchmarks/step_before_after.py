@@ -16,11 +16,17 @@ and their ratio (after / before: below 1 is faster), by the wall clock and by th
 (``time.process_time``: with one BLAS thread it leaves out the time a loaded machine gives to others).
 Run it with ``nice -n 15`` on a shared machine.
 
-Measured 2026-12-02 on the project's two-core machine, shared with a training run at normal
-priority, ``nice -n 15``, ``small``, 7 rounds of 3 steps each side (see docs/decisions.md):
+Measured 2026-12-02 on the project's two-core machine, shared with four training runs at normal
+priority (load 7-9), ``nice -n 15``, ``small``, batch 8, 4 rounds of 2 steps each side, before
+``cli.common.keep_freed_memory`` existed (docs/decisions.md has why and the fix):
 
-    batch   before ms/step   after ms/step   after / before
-        8   (filled in below)
+    batch   clock   before ms/step   after ms/step   after / before
+        8    wall           2752.4          4535.2            1.648
+        8     CPU           1654.2          2440.3            1.475
+
+The after step then page-faulted its activations in again every step (137,744 minor faults against
+9,388); with the fix it takes 16 faults and no system time.  Batch 32, and the run after the fix,
+are still to be measured on a machine that is not this loaded.
 """
 from __future__ import annotations
 
