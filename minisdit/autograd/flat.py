@@ -20,6 +20,10 @@ What the views promise, and what keeps them:
 * ``Module.load_state_dict`` and ``EMA.copy_to`` assign a new ``.data``; ``attach()`` copies such
   an array back into its slice and makes ``.data`` the view again (the optimizer calls it at the
   start of every ``zero_grad`` and ``step``).
+* backward writes a parameter's first gradient of a pass straight into its view where the op
+  that computes it can (``Function.grad_target``, autograd/tensor.py), so no copy follows;
+  ``stacked_grad_view`` gives an op that computes the gradients of several consecutive parameters
+  as one array (the token shift's mixes) their views as one array to write into.
 * ``p.grad is None`` still means "no gradient this step" (AdamW skips such a parameter, as
   PyTorch does); ``zero_grad()`` fills ``flat.grad`` with zeros in one call and sets every
   ``.grad`` to None, so a parameter that backward never reaches contributes zeros to a sum over
@@ -63,6 +67,7 @@ class FlatParameters:
         self.grad = self.zeros()
         self.data_views = self.views(self.data)
         self.grad_views = self.views(self.grad)
+        self.index = {id(p): i for i, p in enumerate(self.params)}
         for p, view, grad_view in zip(self.params, self.data_views, self.grad_views):
             view[...] = p.data
             p.data = view
@@ -129,3 +134,22 @@ class FlatParameters:
                 view[...] = p.grad
                 p.grad = view
         return every
+
+
+def stacked_grad_view(params):
+    """The gradient views of ``params`` as one array (K, *shape), a view of their flat gradient
+    buffer, when they are K consecutive parameters of one ``FlatParameters`` of one shape with no
+    padding between them (a size that is a multiple of ``ALIGNMENT`` bytes: TimeMix's three mixes
+    of D floats for every preset); else None.  An op that computes their gradients as one (K, ...)
+    array writes it there in one go instead of K copies."""
+    flat = getattr(params[0], "_flat", None) if params else None
+    first = None if flat is None else flat.index.get(id(params[0]))
+    if first is None or first + len(params) > len(flat.params):
+        return None
+    shape, size, start = flat.shapes[first], flat.sizes[first], flat.offsets[first]
+    for k, p in enumerate(params):
+        i = first + k
+        if flat.params[i] is not p or flat.shapes[i] != shape or flat.offsets[i] != start + k * size \
+                or p._grad_view is not flat.grad_views[i]:
+            return None
+    return flat.grad[start:start + len(params) * size].reshape((len(params),) + shape)

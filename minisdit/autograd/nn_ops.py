@@ -8,7 +8,7 @@ import numpy as np
 
 from . import backend
 from .ops import _xp
-from .tensor import Function, Tensor, unbroadcast
+from .tensor import Function, Tensor, sum_into, unbroadcast
 
 # --------------------------------------------------------------------------------------------
 # fused ops used by the networks
@@ -54,8 +54,8 @@ class LayerNorm(Function):
         if self.use_fused:
             return (self.fused.backward(g, self.x_hat, self.inverse_std),)
         reduce_axes = tuple(range(g.ndim - 1))
-        grad_weight = (g * self.x_hat).sum(axis=reduce_axes) if self.weight is not None else None
-        grad_bias = g.sum(axis=reduce_axes) if self.has_bias else None
+        grad_weight = sum_into(g * self.x_hat, reduce_axes, self.grad_target(1)) if self.weight is not None else None
+        grad_bias = sum_into(g, reduce_axes, self.grad_target(2)) if self.has_bias else None
         g_hat = g * self.weight if self.weight is not None else g
         grad_x = self.inverse_std * (
             g_hat - g_hat.mean(axis=-1, keepdims=True)
@@ -98,6 +98,12 @@ class Linear(Function):
     gradient is one 2-D GEMM on both devices (not N products plus a sum).  On the CPU y and dL/dX
     are NumPy's per-matrix products (``ONE_GEMM_ON_CPU`` above says why).  One fused node (rather
     than MatMul, Transpose and Add) also saves graph nodes and the bias add's own output array.
+
+    Where W and b are parameters of a flat buffer (``grad_target``, autograd/tensor.py), their
+    gradients are written straight into their gradient views: on a GPU dL/dW as G^T X, the same
+    product laid out as W, by a GEMM whose output is the view, and dL/db by a reduction into its
+    view, so no copy follows.  On the CPU dL/dW stays (X^T G)^T and is copied in: OpenBLAS rounds
+    G^T X differently from (X^T G)^T, and the CPU's results stay bitwise what they were.
     """
 
     def forward(self, x, weight, bias=None):
@@ -115,9 +121,14 @@ class Linear(Function):
         grad_x = _times_matrix(g, self.weight) if self.needs_input_grad[0] else None
         grad_weight = None
         if self.needs_input_grad[1]:
-            grad_weight = (self.rows.T @ g.reshape(-1, g.shape[-1])).T  # cuBLAS takes the transposes as flags
+            g_rows, target = g.reshape(-1, g.shape[-1]), self.grad_target(1)
+            if target is not None and _one_gemm(g):  # the GEMM writes the gradient where the optimizer reads it
+                _xp(g).matmul(g_rows.T, self.rows, out=target)
+                grad_weight = target
+            else:
+                grad_weight = (self.rows.T @ g_rows).T  # cuBLAS takes the transposes as flags
         if self.has_bias:  # one reduction over every leading axis (the order that the plain bias add summed in)
-            return grad_x, grad_weight, g.sum(axis=tuple(range(g.ndim - 1)))
+            return grad_x, grad_weight, sum_into(g, tuple(range(g.ndim - 1)), self.grad_target(2))
         return grad_x, grad_weight
 
 
@@ -173,6 +184,8 @@ class Conv2d(Function):
     On a GPU (``_one_gemm``) P holds the whole batch's columns, (C*kh*kw, N*L), so each is a single
     GEMM, at the price of one transpose of y from (O, N, L) to (N, O, L) and one of g back; on the
     CPU P is (N, C*kh*kw, L) and each product is NumPy's per image, dL/dW summed over the images.
+    dL/dW (the GEMM on a GPU, the sum over images on the CPU) and dL/db are written straight into
+    the parameters' gradient views where they are offered (``grad_target``, autograd/tensor.py).
     """
 
     stride = 1
@@ -197,13 +210,21 @@ class Conv2d(Function):
         n, out_channels = g.shape[:2]
         # the bias gradient from g as it comes, summed in the same order as a batch split over
         # worker processes sums it (training/parallel.py): its terms cancel, so the order shows
-        grad_bias = g.reshape(n, out_channels, -1).sum(axis=(0, 2)) if self.has_bias else None
+        grad_bias = sum_into(g.reshape(n, out_channels, -1), (0, 2), self.grad_target(2)) if self.has_bias else None
+        target = self.grad_target(1)
+        matrix_target = None if target is None else target.reshape(out_channels, -1)  # a view of the view
         if self.one_gemm:
             g = _xp(g).ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(out_channels, -1)
-            grad_weight = (g @ self.columns.T).reshape(self.weight_shape)
+            if matrix_target is not None:
+                _xp(g).matmul(g, self.columns.T, out=matrix_target)
+                grad_weight = matrix_target
+            else:
+                grad_weight = g @ self.columns.T
         else:
             g = g.reshape(n, out_channels, -1)
-            grad_weight = (g @ self.columns.transpose(0, 2, 1)).sum(axis=0).reshape(self.weight_shape)
+            grad_weight = sum_into(g @ self.columns.transpose(0, 2, 1), 0, matrix_target)
+        grad_weight = target if matrix_target is not None and grad_weight is matrix_target else \
+            grad_weight.reshape(self.weight_shape)
         grad_x = None
         if self.needs_input_grad[0]:  # skipped for a constant input such as the images (saves the col2im)
             grad_columns = self.weight_matrix.T @ g
@@ -225,7 +246,11 @@ class Embedding(Function):
 
     def backward(self, g):
         xp = _xp(g)
-        grad_table = xp.zeros(self.table_shape, dtype=g.dtype)
+        grad_table = self.grad_target(1)  # the table's gradient view where it has one: no copy into it afterwards
+        if grad_table is None or grad_table.dtype != g.dtype:
+            grad_table = xp.zeros(self.table_shape, dtype=g.dtype)
+        else:
+            grad_table.fill(0)
         rows = self.indices.reshape(-1)
         flat = g.reshape(-1, self.table_shape[1])
         if xp is np:

@@ -29,7 +29,8 @@ class Add(Function):
         return a + b
 
     def backward(self, g):
-        return unbroadcast(g, self.shapes[0]), unbroadcast(g, self.shapes[1])
+        return (unbroadcast(g, self.shapes[0], self.grad_target(0)),
+                unbroadcast(g, self.shapes[1], self.grad_target(1)))
 
 
 class Sub(Function):
@@ -40,7 +41,8 @@ class Sub(Function):
         return a - b
 
     def backward(self, g):
-        return unbroadcast(g, self.shapes[0]), unbroadcast(-g, self.shapes[1])
+        return (unbroadcast(g, self.shapes[0], self.grad_target(0)),
+                unbroadcast(-g, self.shapes[1], self.grad_target(1)))
 
 
 class Mul(Function):
@@ -51,7 +53,8 @@ class Mul(Function):
         return a * b
 
     def backward(self, g):
-        return unbroadcast(g * self.b, self.a.shape), unbroadcast(g * self.a, self.b.shape)
+        return (unbroadcast(g * self.b, self.a.shape, self.grad_target(0)),
+                unbroadcast(g * self.a, self.b.shape, self.grad_target(1)))
 
 
 class Div(Function):
@@ -368,7 +371,7 @@ class BroadcastTo(Function):
         return _xp(x).broadcast_to(x, self.shape).copy()
 
     def backward(self, g):
-        return unbroadcast(g, self.input_shape)
+        return unbroadcast(g, self.input_shape, self.grad_target(0))  # e.g. SDiT's Reconstruction Tokens
 
 
 def _is_basic_index(index) -> bool:

@@ -11,6 +11,18 @@ rule, node by node:
 Gradients accumulate into the ``.grad`` of leaf tensors (those made by the user with
 ``requires_grad=True``).  After the backward pass each visited node drops its inputs and saved
 arrays, so the memory of the graph is given back.
+
+A parameter held in a flat buffer (autograd/flat.py) has a gradient view, its slice of the flat
+gradient array, and its ``.grad`` is that view.  Copying each parameter's gradient into its view
+would be one more kernel launch per parameter on a GPU, so the op that computes a parameter's
+first gradient of a backward pass may write it there itself: before calling ``backward`` the pass
+sets ``function.grad_targets``, one entry per input, the input's gradient view where the op may
+write dL/d(input) into it (``Function.grad_target(i)``), else None.  An op that writes there
+returns that very array; any other return value is copied in as before.  A view is offered only
+for the first gradient a parameter gets in a pass (it has no ``.grad`` yet and no other node gave
+it one), and only at the first position where the parameter is an input, so what the op writes
+is the whole gradient so far; later gradients of the same pass are added into the view in place,
+in the order they come, which is the order and the rounding of the sums made before.
 """
 from __future__ import annotations
 
@@ -48,31 +60,48 @@ class no_grad(contextlib.ContextDecorator):
         return False
 
 
-def unbroadcast(grad, shape):
+def sum_into(array, axis, out=None, keepdims: bool = False):
+    """``array.sum(axis=axis, keepdims=keepdims)``, written into ``out`` (an array of the result's
+    shape, e.g. a gradient target) where that gives the bits of a fresh result, and then ``out``.
+
+    On a GPU always.  On NumPy only for a C-contiguous ``array``: NumPy lays out a fresh result like
+    a strided input and may then run the sum in another order than into a C-contiguous ``out``, so
+    for a strided array the CPU keeps its fresh result (and the copy into a gradient view after it).
+    """
+    if out is not None and (backend.array_module_of(array) is not np or array.flags.c_contiguous):
+        array.sum(axis=axis, keepdims=keepdims, out=out)
+        return out  # the object itself, which tells Tensor.backward that nothing is left to copy
+    return array.sum(axis=axis, keepdims=keepdims)
+
+
+def unbroadcast(grad, shape, out=None):
     """Sum ``grad`` down to ``shape``: the backward of NumPy broadcasting.
 
     Broadcasting prepends axes and stretches size-1 axes; the gradient of a value used many times
-    is the sum of its uses, so both kinds of axes are summed away.
+    is the sum of its uses, so both kinds of axes are summed away.  ``out`` (an array of ``shape``,
+    a gradient target): the last sum is written into it where ``sum_into`` allows.
     """
     if grad.shape == tuple(shape):
         return grad
     extra = grad.ndim - len(shape)
+    stretched = tuple(i for i, size in enumerate(shape) if size == 1 and grad.shape[extra + i] != 1)
     if extra > 0:
-        grad = grad.sum(axis=tuple(range(extra)))
-    stretched = tuple(i for i, size in enumerate(shape) if size == 1 and grad.shape[i] != 1)
+        grad = sum_into(grad, tuple(range(extra)), None if stretched else out)
     if stretched:
-        grad = grad.sum(axis=stretched, keepdims=True)
-    return grad.reshape(shape)
+        grad = sum_into(grad, stretched, out, keepdims=True)
+    return grad if grad is out else grad.reshape(shape)
 
 
 def _accumulate(tensor, grad):
     """``tensor.grad + grad`` (or ``grad`` for a first gradient); for a parameter of a flat buffer
-    (autograd/flat.py) written into its gradient view, so that the buffer stays the gradients."""
+    (autograd/flat.py) written into its gradient view, so that the buffer stays the gradients (no
+    copy where an op already wrote the gradient there, module docstring)."""
     view = tensor._grad_view
     if view is None:
         return grad if tensor.grad is None else tensor.grad + grad
     if tensor.grad is None:
-        view[...] = grad
+        if grad is not view:
+            view[...] = grad
     elif tensor.grad is view:
         view += grad
     else:  # a gradient assigned by hand
@@ -89,6 +118,12 @@ class Function:
 
     inputs: tuple = ()
     needs_input_grad: tuple = ()
+    grad_targets: tuple = ()  # set by Tensor.backward before backward: per input, its gradient view or None
+
+    def grad_target(self, index: int):
+        """The array into which ``backward`` may write the gradient of input ``index`` (and then
+        return it), or None: a parameter's flat-buffer gradient view (module docstring)."""
+        return self.grad_targets[index] if index < len(self.grad_targets) else None
 
     def __init__(self, **options):
         for name, value in options.items():
@@ -228,6 +263,7 @@ class Tensor:
             function = tensor.creator
             if function is None:
                 continue
+            function.grad_targets = _gradient_targets(function, grads)
             input_grads = function.backward(grad)
             if not isinstance(input_grads, tuple):
                 input_grads = (input_grads,)
@@ -239,7 +275,12 @@ class Tensor:
                 if parent_grad.shape != parent.data.shape:
                     raise RuntimeError(f"{type(function).__name__}.backward gave a gradient of shape {parent_grad.shape} for an input of shape {parent.data.shape}")
                 key = id(parent)
-                grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
+                if key not in grads:
+                    grads[key] = parent_grad
+                elif grads[key] is parent._grad_view:  # written into the view by an op: add the rest in place
+                    grads[key] += parent_grad
+                else:
+                    grads[key] = grads[key] + parent_grad
             function.release()
             tensor.creator = None
 
@@ -312,6 +353,20 @@ def as_tensor(value, like: Tensor | None = None) -> Tensor:
         return Tensor(value)
     dtype = like.dtype if like.dtype.kind == "f" else DEFAULT_DTYPE
     return Tensor(xp.asarray(value, dtype=dtype))
+
+
+def _gradient_targets(function: Function, grads: dict) -> tuple:
+    """``function.grad_targets``: per input, its gradient view where the input is a flat-buffer
+    parameter that has no gradient yet in this pass (no ``.grad``, none pending in ``grads``) and
+    this is its first position among the inputs; else None (module docstring)."""
+    targets, seen = [], set()
+    for parent, needed in zip(function.inputs, function.needs_input_grad):
+        view = parent._grad_view
+        first = id(parent) not in seen and id(parent) not in grads
+        seen.add(id(parent))
+        targets.append(view if needed and first and view is not None and parent.grad is None
+                       and parent.creator is None else None)
+    return tuple(targets)
 
 
 def _reverse_topological_order(root: Tensor):

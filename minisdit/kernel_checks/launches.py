@@ -367,18 +367,22 @@ def to_device_arrays(owner) -> None:
                     value[key] = v.view(DeviceArray)
 
 
-def on_counting_device(trainer) -> None:
-    """Put a CPU ``Trainer`` on the stand-in device: its weights, optimizer and EMA state become
-    DeviceArrays and its array module ``CountingModule``, so that the data set and every batch
-    cross to the "device" as they do on a GPU."""
-    # the flat buffers first, then every parameter's data and gradient their views again (so that
-    # the optimizer's ``attach`` finds them in place, as on a GPU, and copies nothing)
-    flat = trainer.optimizer.flat
+def flat_on_counting_device(flat) -> None:
+    """Put a CPU ``FlatParameters`` on the stand-in device: the flat buffers first, then every
+    parameter's data and gradient their views again (so that the optimizer's ``attach`` finds them
+    in place, as on a GPU, and copies nothing, and backward writes into the same gradient views)."""
     flat.data, flat.grad, flat.xp = flat.data.view(DeviceArray), flat.grad.view(DeviceArray), _MODULE
     flat.data_views, flat.grad_views = flat.views(flat.data), flat.views(flat.grad)
     for parameter, data, grad in zip(flat.params, flat.data_views, flat.grad_views):
         parameter.data, parameter._grad_view = data, grad
         parameter.grad = None if parameter.grad is None else grad
+
+
+def on_counting_device(trainer) -> None:
+    """Put a CPU ``Trainer`` on the stand-in device: its weights, optimizer and EMA state become
+    DeviceArrays and its array module ``CountingModule``, so that the data set and every batch
+    cross to the "device" as they do on a GPU."""
+    flat_on_counting_device(trainer.optimizer.flat)
     for parameter in trainer.model.parameters():  # any not in the optimizer
         parameter.data = parameter.data.view(DeviceArray)
     for owner in (trainer.optimizer, trainer.ema):

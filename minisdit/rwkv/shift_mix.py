@@ -21,7 +21,8 @@ order, and the layers keep today's composition on the CPU so that training stays
 from __future__ import annotations
 
 from ..autograd import backend
-from ..autograd.tensor import Function
+from ..autograd.flat import stacked_grad_view
+from ..autograd.tensor import Function, sum_into
 from ..kernels import runtime
 
 KERNEL_FILE = "token_shift.cu"
@@ -84,8 +85,10 @@ def token_shift_mix_forward_kernel(z, mixes, *, block: int | None = None, max_bl
     return out
 
 
-def token_shift_mix_backward_kernel(z, mixes, g, *, block: int | None = None, max_blocks: int | None = None):
-    """(dL/dz, dL/dmu (K, D)): one launch of token_shift_mix_backward, one reduction over the samples."""
+def token_shift_mix_backward_kernel(z, mixes, g, *, grad_mixes=None, block: int | None = None,
+                                    max_blocks: int | None = None):
+    """(dL/dz, dL/dmu (K, D)): one launch of token_shift_mix_backward, one reduction over the samples
+    (written into ``grad_mixes``, a (K, D) array, where given: the mixes' stacked gradient views)."""
     xp = backend.array_module_of(z)
     z = xp.ascontiguousarray(z)
     g = xp.ascontiguousarray(g, dtype=z.dtype)
@@ -95,7 +98,7 @@ def token_shift_mix_backward_kernel(z, mixes, g, *, block: int | None = None, ma
     token_shift_kernels(z.dtype).run("token_shift_mix_backward", batch * channels, z, g,
                                      *_mix_arrays(mixes, xp, z.dtype), grad_z, partial, batch, length, channels,
                                      len(mixes), block=block, max_blocks=max_blocks)
-    return grad_z, partial.sum(axis=1)
+    return grad_z, sum_into(partial, 1, grad_mixes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +119,14 @@ class TokenShiftMix(Function):
 
     def backward(self, g):
         if self.use_kernels:
-            grad_z, grad_mixes = token_shift_mix_backward_kernel(self.z, self.mixes, g)
+            # the K mix gradients straight into their flat-buffer views when these lie one after another
+            targets = [self.grad_target(1 + k) for k in range(len(self.mixes))]
+            stacked = stacked_grad_view(self.inputs[1:]) if all(t is not None for t in targets) else None
+            if stacked is not None and stacked.dtype != self.z.dtype:
+                stacked = None
+            grad_z, grad_mixes = token_shift_mix_backward_kernel(self.z, self.mixes, g, grad_mixes=stacked)
+            if stacked is not None:
+                return (grad_z,) + tuple(targets)
         else:
             grad_z, grad_mixes = token_shift_mix_backward_reference(self.z, self.mixes, g)
         return (grad_z,) + tuple(grad_mixes[k] for k in range(len(self.mixes)))

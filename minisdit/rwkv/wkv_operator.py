@@ -17,7 +17,7 @@ import numpy as np
 
 from ..autograd import backend
 from ..autograd.ops import _sigmoid as sigmoid_array  # F.sigmoid's array function: the same bits
-from ..autograd.tensor import Function
+from ..autograd.tensor import Function, sum_into
 from ..kernels import runtime
 
 # The "minus infinity" that starts a running maximum.  A finite number keeps exp(o - o') exactly 0
@@ -276,11 +276,22 @@ class WKV(Function):
             grad_k, grad_v, grad_w, grad_u = wkv_backward_kernel(w, u, k, v, y, log_denominator, grad_y)
         else:
             grad_k, grad_v, grad_w, grad_u = wkv_backward_numpy(w, u, k, v, y, log_denominator, grad_y)
-        return self._vector_grads(w, grad_w, grad_u) + (grad_k, grad_v)
+        return self._vector_grads(w, grad_w, grad_u, 0) + (grad_k, grad_v)
 
-    def _vector_grads(self, w, grad_w, grad_u):
-        grad_time_decay = (w * grad_w.sum(axis=0)).astype(self.vector_dtypes[0], copy=False)
-        grad_time_first = grad_u.sum(axis=0).astype(self.vector_dtypes[1], copy=False)
+    def _vector_grads(self, w, grad_w, grad_u, first: int):
+        """dL/dtime_decay = w * (dL/dw summed over the batch) and dL/dtime_first, the batch sum of
+        dL/du (inputs ``first`` and ``first + 1``), each written into its parameter's gradient view
+        where one is offered (``Function.grad_target``) and has the computing dtype."""
+        decay_target, first_target = self.grad_target(first), self.grad_target(first + 1)
+        if decay_target is not None and decay_target.dtype == w.dtype:
+            grad_time_decay = decay_target
+            backend.array_module_of(w).multiply(w, grad_w.sum(axis=0), out=decay_target)
+        else:
+            grad_time_decay = (w * grad_w.sum(axis=0)).astype(self.vector_dtypes[0], copy=False)
+        if first_target is not None and first_target.dtype == grad_u.dtype:
+            grad_time_first = sum_into(grad_u, 0, first_target)
+        else:
+            grad_time_first = grad_u.sum(axis=0).astype(self.vector_dtypes[1], copy=False)
         return grad_time_decay, grad_time_first
 
 
@@ -329,7 +340,7 @@ class GatedWKV(WKV):
             grad_r, grad_y = gated_backward_numpy(r, y, grad_out)
             backward = wkv_backward_kernel if self.use_kernels else wkv_backward_numpy
             grad_k, grad_v, grad_w, grad_u = backward(w, u, k, v, y, log_denominator, grad_y)
-        return (grad_r,) + self._vector_grads(w, grad_w, grad_u) + (grad_k, grad_v)
+        return (grad_r,) + self._vector_grads(w, grad_w, grad_u, 1) + (grad_k, grad_v)
 
 
 def _check_inputs(time_decay, time_first, k, v):
