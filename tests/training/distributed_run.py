@@ -10,6 +10,7 @@ ACTION, at rank r's part of step STEP (the step numbered STEP, counted from 1):
   raise-1         rank 1 raises RuntimeError("rank 1 fails on purpose");
   kill-1          rank 1 ends itself with SIGKILL;
   kill-0          rank 0 ends itself with SIGKILL;
+  term-0          rank 0 sends itself SIGTERM (rank 1 gets no signal);
   kill-1-saving   at the "mid-write" point of rank 0's checkpoint at step STEP, rank 0 sends SIGKILL
                   to rank 1 (whose pid rank 1 wrote into $MINISDIT_TEST_PIDS/1) and goes on writing;
   save-grad       rank 0 writes the flat gradient buffer of step STEP, summed over the ranks, to
@@ -58,6 +59,8 @@ def main():
                 raise RuntimeError("rank 1 fails on purpose")
             if action == f"kill-{communicator.rank}":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if action == "term-0" and communicator.rank == 0:
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered here, in the middle of the step
             if action == "hold" and communicator.rank == 0:
                 workers = " ".join(str(p.pid) for p in self._parallel.processes)
                 print(f"workers {workers}", flush=True)

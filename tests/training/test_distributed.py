@@ -286,3 +286,15 @@ def test_a_killed_rank_ends_every_rank(tmp_path, killed):
     assert sorted(ranks) == [0, 1]
     assert all(wait_for_exit(pid) for pid in ranks.values())
     assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")["step"] == 2
+
+
+@pytest.mark.slow
+@needs_mpi
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    # SIGTERM reaches rank 0 alone, inside step 3: the ranks agree in that step's exchange, finish it,
+    # and rank 0 saves step 3 (a rank that left alone would leave the other waiting in a collective)
+    code, stdout, stderr = run(2, "term-0", 3, *SMALL, "--steps", 6, "--ckpt-every", 1000, "--out", tmp_path / "run")
+    assert code == 128 + signal.SIGTERM, stderr
+    assert f"interrupted (SIGTERM): saved step 3 to {tmp_path / 'run' / 'checkpoint.safetensors'}" in stdout
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")["step"] == 3
+    assert [r["step"] for r in log_of(tmp_path / "run")] == [1, 2, 3]
