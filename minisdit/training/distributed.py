@@ -184,8 +184,9 @@ class MPICommunicator:
 
 def _serve_nccl_id(unique_id: bytes, address: str, port: int, peers: int) -> None:
     """Rank 0: hand the NCCL id to ``peers`` connecting ranks over TCP (the standard library only)."""
-    with socket.create_server((address if address not in ("localhost", "127.0.0.1") else "", port),
-                              reuse_port=False) as server:
+    # every interface: MASTER_ADDR is how the others reach this machine, and a host name may resolve
+    # here to a loopback address they cannot reach
+    with socket.create_server(("", port)) as server:
         server.settimeout(NCCL_ID_TIMEOUT_S)
         for _ in range(peers):
             try:
