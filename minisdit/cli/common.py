@@ -22,9 +22,9 @@ EXPECTED_ERRORS = (TrainingError, CheckpointError, backend.DeviceUnavailableErro
                    data.FetchError, ValueError, OSError)
 
 
-def one_line_error(error: Exception) -> int:
-    """Print ``error`` as one line "error: ..." on stderr; the exit code 1."""
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+def one_line_error(error: Exception, prefix: str = "") -> int:
+    """Print ``error`` as one line "error: <prefix>..." on stderr; the exit code 1."""
+    print(f"error: {prefix}{' '.join(str(error).split())}", file=sys.stderr, flush=True)
     return 1
 
 

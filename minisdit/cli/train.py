@@ -22,7 +22,9 @@ saves a checkpoint and says how to resume.  Errors are one line on stderr and a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from ..models import PRESETS
 from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from ..training.config import (ATTENTIONS, FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES,
                                VARIANT_FIELDS, TrainConfig, check_variant, variant_flags)
+from ..training.distributed import BACKENDS, DistributedError, choose_backend, make_communicator
 from ..training.trainer import CHECKPOINT_NAME, Trainer, TrainingError
 from .common import EXPECTED_ERRORS, one_line_error, OneLineParser, add_cpu_arguments, choose_device, configure_cpu_runtime, own_runtime_settings
 
@@ -80,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="CPU processes that share each batch (default 2 on CPU; 1 on GPU, where it does not apply); "
                              "a run is reproducible for a given number of workers")
+    # not a config option of the same name: the trainer records the backend it was given (config.backend)
+    parser.add_argument("--backend", dest="distributed_backend", choices=BACKENDS, default=None,
+                        help="how processes share each batch: local (this process and --workers - 1 forked ones; the "
+                             "default when started alone), mpi (CPU ranks started by mpiexec; the default under mpiexec "
+                             "on the CPU) or nccl (one GPU per rank, started by mpiexec or torchrun; the default there "
+                             "on a GPU)")
     parser.add_argument("--num-train", type=int, default=None, help="use only the first N training images (quick experiments)")
     # the model variant (the ablations of issue 15); None: the recipe's (the paper's model), or on --resume the checkpoint's
     variant = parser.add_argument_group("model variant (fixed for a run; --resume rebuilds the checkpoint's)")
@@ -174,19 +183,60 @@ def resumed_config(args, checkpoint: dict, device: str) -> TrainConfig:
 @own_runtime_settings  # the CPU-kernel setting ends with the command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    launch = {}  # the communicator of an mpi or nccl rank, once made (run)
     try:
         with matmul_precision("tf32" if args.tf32 else "fp32"):  # restored after the command
-            return run(args)
+            return run(args, launch)
     except KeyboardInterrupt:
         print("error: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as error:
-        return one_line_error(error)
+    except EXPECTED_ERRORS + (DistributedError,) as error:
+        return _rank_failed(launch, one_line_error(error, prefix=_rank_prefix(launch)))
+    except Exception as error:  # under mpi a rank's traceback would leave the others waiting forever
+        if not launch.get("communicator") or launch["communicator"].world_size == 1:
+            raise
+        return _rank_failed(launch, one_line_error(error, prefix=_rank_prefix(launch) + f"{type(error).__name__}: "))
+    finally:
+        if launch.get("communicator") is not None:
+            launch["communicator"].close()
 
 
-def run(args) -> int:
+def _rank_prefix(launch: dict) -> str:
+    communicator = launch.get("communicator")
+    if communicator is None or communicator.world_size == 1:
+        return ""
+    return f"rank {communicator.rank} of {communicator.world_size} ({communicator.name}): "
+
+
+def _rank_failed(launch: dict, code: int) -> int:
+    """After a rank's one-line error, end every rank (the others may wait in a collective for it)."""
+    communicator = launch.get("communicator")
+    if communicator is not None and communicator.world_size > 1:
+        communicator.abort(code)
+    return code
+
+
+def run(args, launch: dict | None = None) -> int:
     check_arguments(args)
     device, reason = choose_device(args.device)
+    backend_name = choose_backend(getattr(args, "distributed_backend", None), device)
+    communicator = None
+    if backend_name != "local":
+        if backend_name == "nccl" and device != "gpu":
+            raise DistributedError("the nccl backend trains on GPUs; use --backend mpi on the CPU")
+        if backend_name == "mpi" and device != "cpu":
+            raise DistributedError("the mpi backend trains on the CPU; use --backend nccl on GPUs (or --device cpu)")
+        communicator = make_communicator(backend_name)
+        if launch is not None:
+            launch["communicator"] = communicator
+    if communicator is not None and communicator.rank != 0:
+        # rank 0 alone prints (and writes); the others' errors still reach stderr
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return _train(args, device, reason, communicator)
+    return _train(args, device, reason, communicator)
+
+
+def _train(args, device: str, reason: str, communicator) -> int:
     print(reason, flush=True)
     if device == "cpu":
         message = configure_cpu_runtime(args.blas_threads, compiled_kernels=not args.no_cpu_kernels)
@@ -225,11 +275,13 @@ def run(args) -> int:
     if variant_flags(config) != variant_flags({}):  # say which model is trained when it is not the paper's
         print(f"model variant: {variant_flags(config)}", flush=True)
     # a bar needs a terminal; in a log file (nohup, CI) one line per logged step reads better
-    trainer = Trainer(config, images, labels, out, progress=not args.no_progress and sys.stderr.isatty())
+    trainer = Trainer(config, images, labels, out, progress=not args.no_progress and sys.stderr.isatty(),
+                      communicator=communicator)
     if checkpoint is not None:
         check_compatible(checkpoint, trainer.model, checkpoint["path"])
         trainer.restore(checkpoint)
-    (out / "config.json").write_text(config.to_json(indent=2) + "\n")
+    if trainer.is_main:  # with the backend and world size the trainer found
+        (out / "config.json").write_text(trainer.config.to_json(indent=2) + "\n")
     return trainer.train()
 
 

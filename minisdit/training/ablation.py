@@ -146,7 +146,7 @@ def budget_of(steps: int | None, minutes: float | None) -> dict:
 
 # what may differ between the sessions of one variant without changing what it trains
 # (the budget, steps/epochs, is checked on its own)
-FREE_ON_RESUME = ("device", "workers", "ckpt_every", "log_every", "sample_every", "sample_num", "sample_steps",
+FREE_ON_RESUME = ("device", "workers", "backend", "world_size", "ckpt_every", "log_every", "sample_every", "sample_num", "sample_steps",
                   "cfg_scale", "steps", "epochs")
 
 
@@ -182,7 +182,7 @@ def train_variant(config: TrainConfig, images, labels, out: Path, *, budget: dic
     if checkpoint is not None:
         check_compatible(checkpoint, trainer.model, checkpoint["path"])
         trainer.restore(checkpoint)
-    (out / "config.json").write_text(config.to_json(indent=2) + "\n")
+    (out / "config.json").write_text(trainer.config.to_json(indent=2) + "\n")
     code = trainer.train()
     if code == 0:
         write_json(out / DONE_NAME, {"budget": budget, "step": trainer.step, "seconds": trainer.trained_seconds()})

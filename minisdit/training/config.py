@@ -54,7 +54,11 @@ class TrainConfig:
     ema_warmup: bool = True  # the decay grows as min(ema, (1 + step)/(10 + step)) (autograd/optim.py ema_decay_at)
     mse_weighting: str = "uniform"  # or "truncated-snr" (GaussianDiffusion.mse_weights)
     max_mse_weight: float = MAX_MSE_WEIGHT
-    workers: int = 1  # CPU processes sharing each batch (minisdit/training/parallel.py)
+    workers: int = 1  # CPU processes sharing each batch with the local backend (minisdit/training/parallel.py)
+    # how the batch was shared, as the run found it (minisdit/training/distributed.py); recorded, and
+    # free on resume: any world size up to the batch size continues the run
+    backend: str = "local"  # local (this process and --workers - 1 forked ones), mpi or nccl
+    world_size: int = 1  # processes sharing each batch
     num_train: int | None = None  # None: every training image
     # what the run writes
     sample_every: int = 5000
@@ -78,6 +82,9 @@ class TrainConfig:
         """The config ``values`` describe (as ``to_dict`` wrote them); a one-line ValueError when a
         field is missing or unknown, naming ``source``."""
         names = [field.name for field in dataclasses.fields(cls)]
+        values = dict(values)
+        if "backend" not in values and "workers" in values:  # written before issue 18: local workers only
+            values.update(backend="local", world_size=values["workers"])
         missing = [name for name in names if name not in values]
         if missing:
             raise ValueError(f"{source} lacks {', '.join(missing)}: it was written by an earlier version of minisdit "

@@ -48,6 +48,16 @@ class StopSignals:
         if self.signal_number is not None and self._depth == 0 and not self._finishing:
             raise KeyboardInterrupt
 
+    @contextlib.contextmanager
+    def held(self):
+        """A block in which a signal is only remembered, also at its end (the mpi and nccl ranks
+        decide together, in the step's exchange, whether to stop: minisdit/training/trainer.py)."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
     def finishing(self):
         self._finishing = True
 

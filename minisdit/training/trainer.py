@@ -26,9 +26,11 @@ half-updated model.  The loop then saves a checkpoint at the current step and re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -46,7 +48,8 @@ from ..diffusion import generate
 from ..kernels.optim import FUSED
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import TrainConfig, build_diffusion, build_model
-from .parallel import DataParallel, WorkerError, split_sizes
+from .distributed import SingleProcess
+from .parallel import LocalWorkers, WorkerError, split_sizes
 from .signals import StopSignals
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -89,7 +92,8 @@ class Trainer:
     """One run: its model, diffusion, optimizer, EMA and step counter, and the loop that advances them
     (``train``).  ``config`` is the run's TrainConfig; ``images`` (N, C, H, W) uint8 and ``labels`` (N,)."""
 
-    def __init__(self, config: TrainConfig, images: np.ndarray, labels: np.ndarray, out: Path, progress: bool = True):
+    def __init__(self, config: TrainConfig, images: np.ndarray, labels: np.ndarray, out: Path, progress: bool = True,
+                 communicator=None):
         if tuple(images.shape[1:]) != (config.in_channels, config.input_size, config.input_size):
             raise TrainingError(f"the training images are {tuple(images.shape[1:])} but the run's config says "
                                 f"{(config.in_channels, config.input_size, config.input_size)}; train on the data "
@@ -111,8 +115,24 @@ class Trainer:
                                 "lower --batch-size")
         self.total_steps = config.total_steps(self.batches_per_epoch)
         self.last_good_checkpoint = None  # (path, step) of the newest checkpoint known to be sound
-        # CPU processes sharing each batch (minisdit/training/parallel.py); 1: this process alone
-        self.workers = min(config.workers, config.batch_size) if self.device == "cpu" else 1
+        # the processes sharing each batch: ``communicator`` (an mpi or nccl one, minisdit/training/
+        # distributed.py, made by the launcher's process), else this process with --workers - 1 forked
+        # workers (the local backend, minisdit/training/parallel.py, forked at the first step)
+        self.communicator = communicator
+        if communicator is not None:
+            self.workers = 1
+            self.world_size, self.rank = communicator.world_size, communicator.rank
+            if self.world_size > config.batch_size:
+                raise TrainingError(f"{self.world_size} ranks cannot share a batch of {config.batch_size}; start at "
+                                    "most --batch-size ranks or raise --batch-size")
+            # every rank starts from rank 0's weights (built from the same seed, or the same checkpoint)
+            communicator.broadcast(self.optimizer.flat.data, root=0)
+        else:
+            self.workers = min(config.workers, config.batch_size) if self.device == "cpu" else 1
+            self.world_size, self.rank = self.workers, 0
+        self.is_main = self.rank == 0  # rank 0 alone writes checkpoints, logs, grids and prints
+        # what config.json and the checkpoints record: how this run shares its batches
+        self.config = config = dataclasses.replace(config, backend=self.backend_name(), world_size=self.world_size)
         self._parallel = None
         self._loss_names = ["mse", "vb"] if self.diffusion.loss == "hybrid" else ["mse"]
         self.stops = StopSignals()
@@ -134,12 +154,17 @@ class Trainer:
                                     f"{self._last_good_sentence()}; lower --lr or set --grad-clip, then --resume")
 
     def save(self) -> Path:
-        """Write the checkpoint at the current step (after checking that the weights are finite)."""
+        """Write the checkpoint at the current step (after checking that the weights are finite); with
+        several ranks only rank 0 writes (every rank holds the same weights), the others note it."""
         self._check_finite_weights()
-        path = save_checkpoint(
-            self.checkpoint_path(), model_state=self.model.state_dict(), optimizer_state=self.optimizer.state_dict(),
-            ema_state=self.ema.state_dict() if self.ema is not None else None, step=self.step,
-            config=self.config.to_dict(), rng_states=self.rng_states())
+        path = self.checkpoint_path()
+        if self.is_main:
+            save_checkpoint(
+                path, model_state=self.model.state_dict(), optimizer_state=self.optimizer.state_dict(),
+                ema_state=self.ema.state_dict() if self.ema is not None else None, step=self.step,
+                config=self.config.to_dict(), rng_states=self.rng_states())
+        if self.communicator is not None:  # no rank goes on (and may fail) before the checkpoint is written
+            self.communicator.barrier()
         self.last_good_checkpoint = (path, self.step)
         return path
 
@@ -210,11 +235,13 @@ class Trainer:
 
         Its record holds the loss terms as host floats (``read``, checked to be finite), or with
         ``read=False`` still on the device under ``"pending"``, for ``read_record`` at a log step."""
-        indices, t, noise, y = self.draw_step()
-        if self.workers == 1:
-            values, _ = self._loss_and_gradients((indices, t, noise, y, 1.0))
-        else:
-            values = self._parallel_loss_and_gradients(indices, t, noise, y)
+        communicator = self._communicator()
+        communicator.start_step(self.step)  # the local backend's workers start their slices now
+        try:
+            values = self._rank_part(self.step, communicator)
+        except WorkerError as error:
+            raise TrainingError(f"{error} at step {self.step + 1}; {self._last_good_sentence()}; "
+                                "rerun with --workers 1 to see the error in this process") from error
         # a device add, no read: NaN and infinities of any step stay in the sum until the next read
         loss = values[0:1]
         self._losses_since_log = loss if self._losses_since_log is None else self._losses_since_log + loss
@@ -274,25 +301,62 @@ class Trainer:
             self._images_on_device = self.xp.asarray(self.images)
         return self._images_on_device[self.xp.asarray(indices)]
 
-    def _parallel_loss_and_gradients(self, indices, t, noise, y) -> np.ndarray:
-        """The step with the batch split over CPU processes (minisdit/training/parallel.py): each
-        slice's loss is weighted by its share of the batch, so the summed gradients are those of
-        the batch mean."""
-        if self._parallel is None:  # forked here, after any --resume has loaded the weights
-            self._parallel = DataParallel(self.optimizer.flat, self._loss_and_gradients, self.workers)
-        slices, start = [], 0
-        for size in split_sizes(len(indices), self.workers):
-            part = slice(start, start + size)
-            slices.append((indices[part], t[part], noise[part], y[part], size / len(indices)))
-            start += size
-        try:
-            return self._parallel.run(slices)
-        except WorkerError as error:
-            raise TrainingError(f"{error} at step {self.step + 1}; {self._last_good_sentence()}; "
-                                "rerun with --workers 1 to see the error in this process") from error
+    def _communicator(self):
+        """The processes sharing this step: the given communicator, the local workers (forked at the
+        first step, after any --resume has loaded the weights) or this process alone."""
+        if self.communicator is not None:
+            return self.communicator
+        if self.workers > 1:
+            if self._parallel is None:
+                self._parallel = LocalWorkers(self.optimizer.flat, self._worker_part, self.workers)
+            return self._parallel
+        return SingleProcess()
+
+    def _worker_part(self, step: int, communicator):
+        """A forked worker's part of step ``step + 1`` (its copy of the trainer, its rank)."""
+        self.step = step
+        return self._rank_part(step, communicator)
+
+    def _rank_part(self, step: int, communicator) -> np.ndarray:
+        """This rank's slice of step ``step + 1`` and the exchange of its gradients: every rank draws
+        what one process would draw for the whole batch (draw_step) and takes slice ``rank`` of it,
+        its loss weighted by its share of the batch, so the sums over the ranks are the loss terms
+        and gradients of the batch mean (minisdit/training/distributed.py)."""
+        indices, t, noise, y = self.draw_step()
+        world_size, rank = communicator.world_size, communicator.rank
+        if world_size == 1:
+            values, _ = self._loss_and_gradients((indices, t, noise, y, 1.0))
+            return values
+        sizes = split_sizes(len(indices), world_size)
+        start = sum(sizes[:rank])
+        part = slice(start, start + sizes[rank])
+        values, _ = self._loss_and_gradients((indices[part], t[part], noise[part], y[part],
+                                              sizes[rank] / len(indices)))
+        return self._exchange(values, communicator)
+
+    def _exchange(self, values, communicator):
+        """The one gradient exchange of every backend: the sums over the ranks of the flat gradient
+        buffer and of the loss terms.  Under mpi or nccl the terms carry one more number, 1 where a
+        rank holds a stop signal, so that every rank stops after the same step (a rank leaving
+        alone would leave the others waiting in a collective)."""
+        flat = self.optimizer.flat
+        flat.gather_grads()  # zeros for a parameter this slice gave no gradient
+        agree_on_stop = self.communicator is not None
+        if agree_on_stop:
+            flag = self.xp.asarray([1.0 if self.stops.signal_number is not None else 0.0])
+            values = self.xp.concatenate([values, flag])
+        communicator.all_reduce(values)
+        communicator.all_reduce(flat.grad)
+        for parameter, view in zip(flat.params, flat.grad_views):
+            parameter.grad = view
+        if agree_on_stop:
+            values, flag = values[:-1], values[-1]
+            if float(flag) > 0 and self.stops.signal_number is None:  # another rank was stopped
+                self.stops.signal_number = signal.SIGTERM
+        return values
 
     def close(self):
-        """Stop the data-parallel workers, if any (training can start them again)."""
+        """Stop the local data-parallel workers, if any (training can start them again)."""
         if self._parallel is not None:
             self._parallel.close()
             self._parallel = None
@@ -390,35 +454,45 @@ class Trainer:
             temporary.unlink(missing_ok=True)
 
     # ----- the loop -----
+    def _say(self, line: str):
+        if self.is_main:
+            print(line, flush=True)
+
     def train(self) -> int:
-        """Train to ``total_steps``; 0 when done, 128 + signal number when stopped by a signal."""
+        """Train to ``total_steps``; 0 when done, 128 + signal number when stopped by a signal.  With
+        several ranks every rank runs this loop; rank 0 alone writes and prints."""
         config = self.config
-        print(f"training {config.preset} ({self.model.num_parameters():,} parameters) on {config.dataset} "
-              f"({len(self.images)} images) for {self.total_steps} steps of {config.batch_size}; "
-              f"run folder {self.out}", flush=True)
-        if self.step:
+        ranks = "" if self.world_size == 1 else f" shared by {self.world_size} {self.backend_name()} processes"
+        self._say(f"training {config.preset} ({self.model.num_parameters():,} parameters) on {config.dataset} "
+                  f"({len(self.images)} images) for {self.total_steps} steps of {config.batch_size}{ranks}; "
+                  f"run folder {self.out}")
+        if self.step and self.is_main:
             self.rewind_log()
         if self.step >= self.total_steps:
-            print(f"the checkpoint is already at step {self.step} of {self.total_steps}; "
-                  "pass a larger --steps or --epochs to train further", flush=True)
+            self._say(f"the checkpoint is already at step {self.step} of {self.total_steps}; "
+                      "pass a larger --steps or --epochs to train further")
         self.stops.install()
         try:
-            with open(self.out / LOG_NAME, "a" if self.step else "w") as log, \
-                    tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                         unit="step") as bar:
+            log_path = self.out / LOG_NAME if self.is_main else os.devnull
+            with open(log_path, "a" if self.step else "w") as log, \
+                    tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main),
+                         dynamic_ncols=True, unit="step") as bar:
                 stopped = self._steps(log, bar)
             self.stops.finishing()  # from here on a signal must not cut the final save short
             if self.last_good_checkpoint != (self.checkpoint_path(), self.step):
                 self.save()
-            self.plot_losses()
+            if self.is_main:
+                self.plot_losses()
         finally:
             self.stops.restore()
             self.close()
         path = self.checkpoint_path()
         if stopped:
-            print(f"interrupted ({self.stops.name}): saved step {self.step} to {path}; continue with: "
-                  f"python -m minisdit.train --resume --out {self.out}", flush=True)
+            self._say(f"interrupted ({self.stops.name}): saved step {self.step} to {path}; continue with: "
+                      f"python -m minisdit.train --resume --out {self.out}")
             return self.stops.exit_code
+        if not self.is_main:
+            return 0
         try:
             grid = self.sample_grid("samples_final.png")
         except KeyboardInterrupt:
@@ -429,24 +503,40 @@ class Trainer:
               flush=True)
         return 0
 
+    def backend_name(self) -> str:
+        """The backend sharing each batch: local (this process and its forked workers), mpi or nccl."""
+        return self.communicator.name if self.communicator is not None else "local"
+
     def _steps(self, log, bar) -> bool:
         """Step until ``total_steps``; True when a stop signal (or Ctrl-C) ended the steps early."""
         config, throughput = self.config, _Throughput(self.step, self.config.batch_size)
+        # under mpi or nccl a signal never interrupts a step: the ranks agree in the step's exchange
+        # to stop after it (Trainer._exchange); the local workers follow their trainer, which may stop at once
+        computing = self.stops.held if self.communicator is not None else contextlib.nullcontext
         try:
             while self.step < self.total_steps:
-                record = self.forward_backward(read=False)
+                with computing():
+                    record = self.forward_backward(read=False)
                 with self.stops.deferred():  # the update, its log line and checkpoint happen whole
                     self.update(record)
                     self._report(record, throughput, log, bar)
                     if self.step % config.ckpt_every == 0:
                         self.read_record(record)  # no checkpoint after an unchecked loss
                         self.save()
-                if self.step % config.sample_every == 0:
+                if self.step % config.sample_every == 0 and self.is_main:
                     with throughput.paused():
                         self.sample_grid(f"samples_step{self.step:07d}.png")
                         self.plot_losses()
         except KeyboardInterrupt:
             return True
+        except TrainingError:
+            raise
+        except Exception as error:
+            if self.communicator is None or self.world_size == 1:
+                raise
+            # one rank's failure ends every rank (the launcher's process aborts them): say where it stands
+            raise TrainingError(f"{type(error).__name__}: {error} at step {self.step + 1}; "
+                                f"{self._last_good_sentence()}; continue with --resume") from error
         return False
 
     def _report(self, record: dict, throughput: _Throughput, log, bar):
@@ -461,6 +551,6 @@ class Trainer:
             record.update(images_per_second=images_per_second, elapsed_s=elapsed)
             log.write(json.dumps(record) + "\n")
             log.flush()
-            if not self.progress:
+            if not self.progress and self.is_main:
                 print(f"step {self.step}/{self.total_steps} loss {record['loss']:.4f} "
                       f"{images_per_second:.1f} img/s eta {_format_seconds(eta)}", flush=True)
