@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: gpu if usable, else cpu")
     parser.add_argument("--preset", default=None, help="tiny, small, paper, paper-cifar (default: paper on GPU, tiny on CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
-    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-4 on GPU, 2e-3 on CPU)")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-4 on GPU, 3e-3 on CPU)")
     parser.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay (default 0.01)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps (default: 0 on GPU, as the authors; 100 on CPU)")
     parser.add_argument("--lr-decay-fraction", type=float, default=None,

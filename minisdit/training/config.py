@@ -99,11 +99,11 @@ class TrainConfig:
 # The authors' recipe for a GPU (docs/DESIGN.md §4): the dataclass defaults.
 GPU_RECIPE = TrainConfig()
 # On a CPU: what draws recognisable digits in about 15 minutes on two cores (docs/decisions.md has
-# the measurements): the `tiny` model, two processes sharing each batch of 32, lr 2e-3 with warm-up,
+# the measurements): the `tiny` model, two processes sharing each batch of 32, lr 3e-3 with warm-up,
 # the ε-MSE weighted by truncated SNR so that the class and shape are worth learning early, and
 # sample grids drawn with classifier-free guidance.
 CPU_RECIPE = dataclasses.replace(
-    GPU_RECIPE, device="cpu", preset="tiny", batch_size=32, lr=2e-3, warmup_steps=100, steps=4800, epochs=None,
+    GPU_RECIPE, device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=7200, epochs=None,
     sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250, log_every=10, workers=2,
     mse_weighting="truncated-snr", cfg_scale=8.0)
 RECIPES = {"gpu": GPU_RECIPE, "cpu": CPU_RECIPE}
