@@ -37,9 +37,19 @@ Measured again 2026-12-02 after the fix (and after the vectorised CPU kernels of
        32    wall           6644.7          7416.9            1.116
        32     CPU           6561.3          7385.7            1.126
 
-Batch 32 is slower, and its "after" rounds scatter from 4,937 to 8,440 ms (before: 6,293-6,985):
-not yet explained (a suspect: arrays above glibc's largest mmap threshold, 32 MB, are still mapped and
-faulted in per step; small's activations at batch 32 reach about 39 MB).
+Batch 32 was slower, and its "after" rounds scattered from 4,937 to 8,440 ms (before: 6,293-6,985).
+The cause: the freed top of the heap passed 2 GB, the largest trim threshold an ``int`` could set, so
+glibc still gave 2.4 GB back every other step (strace: brk shrinking by 2,375 MB), and arrays above
+the 32 MB mmap threshold were unmapped on free; 37,000-134,000 page faults and up to 2.3 s of system
+time per step.  ``keep_freed_memory`` now disables trimming (-1) and per-array mappings: 4-17 faults
+and no system time per step.  Measured again 2026-12-02 on the quiet two-core machine, ``small``, 5
+rounds of 3 steps each side:
+
+    batch   clock   before ms/step   after ms/step   after / before
+        8    wall           1131.8           834.7            0.738
+        8     CPU           1124.8           830.9            0.739
+       32    wall           5090.5          3466.8            0.681
+       32     CPU           4983.9          3413.9            0.685
 """
 from __future__ import annotations
 

@@ -92,9 +92,9 @@ def own_runtime_settings(main):
 
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest allowed value on 64-bit (HEAP_MAX_SIZE / 2)
-_TRIM_THRESHOLD = 2 ** 31 - 1  # an int: never give the freed top of the heap back
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_NEVER_TRIM = -1  # mallopt(3): "setting M_TRIM_THRESHOLD to -1 disables trimming completely"
+_NO_MMAP = 0  # at most 0 chunks of their own mapping: every array comes from the heap
 
 
 def keep_freed_memory() -> bool:
@@ -104,15 +104,18 @@ def keep_freed_memory() -> bool:
     gradients live in the flat buffers (autograd/flat.py) nothing else stays allocated on top of
     the heap, so glibc gave the whole freed top back to the system after every step and the next
     step faulted every page in again: ``small`` at batch 8 took 137,744 page faults and 0.81 s of
-    system time per step, against 9,388 and 0.05 s before the flat buffers (decisions.md).  A fixed
-    mmap threshold (arrays up to 32 MB from the heap) and no trimming keep the peak allocated, as
-    it was before.  Returns False where there is no glibc (nothing to change there)."""
+    system time per step, against 9,388 and 0.05 s before the flat buffers (decisions.md).  Two
+    settings keep the peak allocated, as it was before: no trimming of the heap's top, and no
+    array in a mapping of its own (glibc maps those above its mmap threshold, at most 32 MB, and
+    unmaps them on free, so ``small`` at batch 32, whose largest activations are about 39 MB and
+    whose freed top passes 2 GB, still took 37,000-134,000 faults per step; now it takes under 20).
+    Returns False where there is no glibc (nothing to change there)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)) and bool(mallopt(_M_MMAP_MAX, _NO_MMAP))
 
 
 def configure_cpu_runtime(blas_threads: int = 1, compiled_kernels: bool = True) -> str | None:

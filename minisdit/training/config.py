@@ -85,6 +85,8 @@ class TrainConfig:
         values = dict(values)
         if "backend" not in values and "workers" in values:  # written before issue 18: local workers only
             values.update(backend="local", world_size=values["workers"])
+        if "ema_warmup" not in values:  # written before the EMA decay warm-up: those runs used the fixed decay
+            values["ema_warmup"] = False
         missing = [name for name in names if name not in values]
         if missing:
             raise ValueError(f"{source} lacks {', '.join(missing)}: it was written by an earlier version of minisdit "

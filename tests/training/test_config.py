@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from minisdit.autograd.optim import ema_decay_at
 from minisdit.cli import train
 from minisdit.training.config import (CPU_RECIPE, FIXED_ON_RESUME, GPU_RECIPE, MAX_MSE_WEIGHT, NUM_TIMESTEPS, RECIPES,
                                       TrainConfig)
@@ -47,6 +48,14 @@ def test_a_config_missing_a_field_says_to_start_a_new_run():
     message = str(caught.value)
     assert "\n" not in message
     assert "checkpoint c.safetensors lacks num_timesteps, mse_weighting" in message and "start a new run" in message
+
+
+def test_a_config_written_before_the_ema_warm_up_resumes_with_the_fixed_decay_it_used():
+    old = dataclasses.replace(CPU_RECIPE, ema=0.999).to_dict()
+    del old["ema_warmup"]
+    config = TrainConfig.from_dict(old)
+    assert config == dataclasses.replace(CPU_RECIPE, ema=0.999, ema_warmup=False)
+    assert ema_decay_at(config.ema, 0, config.ema_warmup) == 0.999
 
 
 def test_a_config_with_an_unknown_field_is_refused():
