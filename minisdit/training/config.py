@@ -105,9 +105,9 @@ GPU_RECIPE = TrainConfig()
 # the ε-MSE weighted by truncated SNR so that the class and shape are worth learning early, and
 # sample grids drawn with classifier-free guidance.
 CPU_RECIPE = dataclasses.replace(
-    GPU_RECIPE, device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=7200, epochs=None,
+    GPU_RECIPE, device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=10000, epochs=None,
     sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250, log_every=10, workers=2,
-    mse_weighting="truncated-snr", cfg_scale=8.0)
+    mse_weighting="truncated-snr", cfg_scale=5.0)
 RECIPES = {"gpu": GPU_RECIPE, "cpu": CPU_RECIPE}
 
 # what a resumed run must share with its checkpoint: the model's shape, the data and the diffusion

@@ -22,15 +22,15 @@ def test_the_gpu_recipe_is_the_authors():
 def test_the_cpu_recipe_differs_only_where_it_says():
     differences = {f.name: getattr(CPU_RECIPE, f.name) for f in dataclasses.fields(TrainConfig)
                    if getattr(CPU_RECIPE, f.name) != getattr(GPU_RECIPE, f.name)}
-    assert differences == dict(device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=7200,
+    assert differences == dict(device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=10000,
                                epochs=None, sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250,
-                               log_every=10, workers=2, mse_weighting="truncated-snr", cfg_scale=8.0)
+                               log_every=10, workers=2, mse_weighting="truncated-snr", cfg_scale=5.0)
     assert CPU_RECIPE.max_mse_weight == MAX_MSE_WEIGHT == 30.0
     assert RECIPES == {"cpu": CPU_RECIPE, "gpu": GPU_RECIPE}
 
 
 def test_the_length_is_steps_or_epochs():
-    assert CPU_RECIPE.total_steps(batches_per_epoch=10) == 7200
+    assert CPU_RECIPE.total_steps(batches_per_epoch=10) == 10000
     assert GPU_RECIPE.total_steps(batches_per_epoch=10) == 16000
 
 
