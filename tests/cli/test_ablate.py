@@ -70,7 +70,7 @@ def test_the_table_and_the_json_hold_every_variant(finished):
     assert rows["default"]["what it changes"] == "the paper's model"
     assert rows["no-spiking"]["what it changes"] == "every SN is the identity (an ANN)"
     # what was compared and how is stated
-    assert "N = 10 samples" in markdown and "sampler ddpm, 2 steps" in markdown and "guidance (cfg) 8.0" in markdown
+    assert "N = 10 samples" in markdown and "sampler ddpm, 2 steps" in markdown and "guidance (cfg) 5.0" in markdown
     assert "seed 5" in markdown and "budget 2 steps" in markdown
     report = json.loads((out / "ablation.json").read_text())
     assert [row["name"] for row in report["variants"]] == EXISTING
