@@ -60,7 +60,7 @@ class GaussianDiffusion:
 
     def __init__(self, num_timesteps: int = 1000, beta_schedule: str = "linear", learn_sigma: bool = True,
                  loss: str | None = None, fixed_variance: str = "large", betas=None,
-                 mse_weighting: str = "uniform", max_mse_weight: float = 30.0):
+                 mse_weighting: str = "uniform", max_mse_weight: float = 10.0):
         if mse_weighting not in MSE_WEIGHTINGS:
             raise ValueError(f"unknown mse_weighting {mse_weighting!r}; choose one of {', '.join(MSE_WEIGHTINGS)}")
         if not max_mse_weight >= 1:

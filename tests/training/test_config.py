@@ -25,7 +25,7 @@ def test_the_cpu_recipe_differs_only_where_it_says():
     assert differences == dict(device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=10000,
                                epochs=None, sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250,
                                log_every=10, workers=2, mse_weighting="truncated-snr", cfg_scale=5.0)
-    assert CPU_RECIPE.max_mse_weight == MAX_MSE_WEIGHT == 30.0
+    assert CPU_RECIPE.max_mse_weight == MAX_MSE_WEIGHT == 10.0
     assert RECIPES == {"cpu": CPU_RECIPE, "gpu": GPU_RECIPE}
 
 
