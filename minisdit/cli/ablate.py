@@ -67,7 +67,7 @@ def build_parser():
                             help="respaced steps of the evaluation and the final grids (default: the recipe's, 250 on "
                                  "GPU, 100 on CPU)")
     evaluation.add_argument("--cfg-scale", type=float, default=None,
-                            help=f"classifier-free guidance of the samples (default: 8 on CPU as its recipe, "
+                            help=f"classifier-free guidance of the samples (default: 5 on CPU as its recipe, "
                                  f"{GPU_CFG_SCALE:g} on GPU)")
     evaluation.add_argument("--eval-batch-size", type=int, default=256, help="images drawn together (part of what the seed fixes)")
     options = parser.add_argument_group("training options (as python -m minisdit.train; default: its recipe for the device)")

@@ -94,7 +94,7 @@ def own_runtime_settings(main):
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _NEVER_TRIM = -1  # mallopt(3): "setting M_TRIM_THRESHOLD to -1 disables trimming completely"
-_NO_MMAP = 0  # at most 0 chunks of their own mapping: every array comes from the heap
+_NO_MMAP = 0  # no chunk in a mapping of its own: the main thread's arrays come from its heap
 
 
 def keep_freed_memory() -> bool:

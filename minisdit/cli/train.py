@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-num", type=int, default=None, help="images per sample grid (default: 100 on GPU, 20 on CPU)")
     parser.add_argument("--ckpt-every", type=int, default=None, help="write a checkpoint every N steps")
     parser.add_argument("--log-every", type=int, default=None, help="write a log line every N steps (the loss is read from the device and checked for NaN/inf at these steps)")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (1: off; default 1 on GPU, as the authors, and 8 on CPU)")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (1: off; default 1 on GPU, as the authors, and 5 on CPU)")
     parser.add_argument("--data-dir", default=None, help="where data sets are cached (default: $MINISDIT_DATA or ~/.cache/minisdit)")
     parser.add_argument("--mse-weighting", choices=MSE_WEIGHTINGS, default=None,
                         help="weight of each sample's ε-MSE by its step t: uniform (the authors; default on GPU) or "

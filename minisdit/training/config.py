@@ -2,7 +2,9 @@
 
 A run folder's config.json and every checkpoint hold ``TrainConfig.to_json()``; ``--resume`` reads
 it back with ``TrainConfig.from_dict``, which refuses a config that lacks a field this version
-writes (a checkpoint of an earlier version: start a new run) instead of guessing the old value.
+writes (a checkpoint of an earlier version: start a new run) instead of guessing the old value; the
+two exceptions are fields whose old value is known (``backend``/``world_size`` before issue 18: local
+workers; ``ema_warmup`` before the decay warm-up: False).
 
 On resume the fields of ``FIXED_ON_RESUME`` (they decide the model's shape or the diffusion) must
 stay as they were; every other field may be changed and the run goes on with the new value.

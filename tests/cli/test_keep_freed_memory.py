@@ -3,13 +3,16 @@
 Counted in page faults, not seconds: a second allocation of the same large array must find its
 pages already there.  Each case runs in a fresh interpreter, since the setting lasts for a process.
 """
+import os
+import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings (Linux only)")
+glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or "LD_PRELOAD" in os.environ,
+                           reason="glibc's own malloc settings (Linux with glibc, no preloaded allocator)")
 
 # 64 MB arrays: above glibc's largest mmap threshold (32 MB), so by default each one gets a mapping of
 # its own, unmapped on free; and a freed top of 64 MB is far above the default trim threshold (128 KB)
@@ -43,4 +46,4 @@ def test_a_freed_large_array_is_reused_without_page_faults():
 @glibc
 def test_without_the_setting_the_same_allocation_faults_again():
     """The measurement above can see the difference: glibc's defaults give the array back on free."""
-    assert faults_of_second_allocation("default") >= 32
+    assert faults_of_second_allocation("default") > 16  # the setting's case above stays below 16
