@@ -42,6 +42,7 @@ from .schedules import get_beta_schedule, respaced_betas, space_timesteps
 
 LOSSES = ("hybrid", "mse")
 MSE_WEIGHTINGS = ("uniform", "truncated-snr", "min-snr")
+MAX_MSE_WEIGHT = 10.0  # the default cap of the "truncated-snr" weights (docs/decisions.md: 30 until session 6)
 MIN_SNR_GAMMA = 5.0  # γ of the "min-snr" weighting (Hang et al. 2023's default)
 FIXED_VARIANCES = ("large", "small")
 
@@ -60,7 +61,7 @@ class GaussianDiffusion:
 
     def __init__(self, num_timesteps: int = 1000, beta_schedule: str = "linear", learn_sigma: bool = True,
                  loss: str | None = None, fixed_variance: str = "large", betas=None,
-                 mse_weighting: str = "uniform", max_mse_weight: float = 10.0):
+                 mse_weighting: str = "uniform", max_mse_weight: float = MAX_MSE_WEIGHT):
         if mse_weighting not in MSE_WEIGHTINGS:
             raise ValueError(f"unknown mse_weighting {mse_weighting!r}; choose one of {', '.join(MSE_WEIGHTINGS)}")
         if not max_mse_weight >= 1:

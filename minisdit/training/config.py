@@ -19,8 +19,7 @@ from ..diffusion import GaussianDiffusion
 from ..models import sdit_from_preset
 
 NUM_TIMESTEPS = 1000  # the diffusion's length T (docs/DESIGN.md §4)
-MAX_MSE_WEIGHT = 10.0  # the cap of the truncated-SNR ε-MSE weights (docs/decisions.md: 30 until session 6)
-from ..diffusion.gaussian import MSE_WEIGHTINGS
+from ..diffusion.gaussian import MAX_MSE_WEIGHT, MSE_WEIGHTINGS
 ATTENTIONS = ("rwkv", "softmax")  # TimeMix (the paper) or standard multi-head self-attention (issue 15)
 
 
