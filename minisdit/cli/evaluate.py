@@ -6,7 +6,8 @@
 
 Draws samples (labels cycling 0..9) from the checkpoint on the diffusion it was trained with, or
 reads them from an .npz of minisdit.sample (``images`` uint8 (N, C, H, W)); computes each metric
-against the real test split; prints a table that names the metric, the number of samples, the
+against the real test split (``speckle``, the share of gray background pixels, needs no reference:
+metrics/speckle.py); prints a table that names the metric, the number of samples, the
 sampler, its steps and the split; and writes the same as JSON (``--json``, default next to the
 checkpoint, else next to the samples file).  For a samples file the JSON records the file's own
 settings (sampler, steps, cfg_scale, eta, seed, checkpoint_step, weights; null where the file has
@@ -32,13 +33,14 @@ from ..metrics import (estimate_energy, inception_features, inception_score, len
                        load_inception, load_lenet, reference_statistics)
 from ..metrics.energy import forward_macs
 from ..metrics.fid import FeatureStatistics
+from ..metrics.speckle import background_speckle
 from ..snn import firing_rates, record_firing_rates, reset_firing_rates
 from ..training.checkpoint import CheckpointError, load_model
 from .common import (OneLineParser, add_cpu_arguments, add_sampling_arguments, configure_cpu_runtime,
                      own_runtime_settings, sampling_report)
 from .sample import check_steps, diffusion_from_checkpoint
 
-METRICS = ("fid-lenet", "is-lenet", "class-lenet", "fid-inception")
+METRICS = ("fid-lenet", "is-lenet", "class-lenet", "fid-inception", "speckle")
 # what minisdit.sample writes into an .npz beside the images, recorded in the JSON
 SAMPLE_SETTINGS = ("sampler", "steps", "cfg_scale", "eta", "clip_denoised", "seed", "checkpoint_step", "weights")
 
@@ -248,6 +250,8 @@ def run(args) -> int:
         features = inception_features(images, inception, progress=True)
         results["metrics"]["fid-inception"] = FeatureStatistics.from_features(features).frechet_distance(reference)
         results["inception_reference_count"] = reference.count
+    if "speckle" in wanted:  # gray dots in the background (metrics/speckle.py); needs no network
+        results["metrics"]["speckle"] = background_speckle(images)
     if args.energy:
         results["energy"] = energy_report(model, diffusion, args.device)
 
