@@ -21,26 +21,25 @@ STROKE_LEVEL = 128      # of 255: pixels at least this bright belong to a stroke
 STROKE_MARGIN = 2       # pixels around a stroke that are its rim, not background
 
 
+def _window_views(mask: np.ndarray, margin: int):
+    """(offset, view) for every offset (dy, dx) of a square window of half-width ``margin``: ``view`` is
+    ``mask`` (N, H, W) shifted by it, False beyond the image's edge."""
+    n, h, w = mask.shape
+    padded = np.zeros((n, h + 2 * margin, w + 2 * margin), dtype=bool)
+    padded[:, margin:margin + h, margin:margin + w] = mask
+    for dy in range(-margin, margin + 1):
+        for dx in range(-margin, margin + 1):
+            yield (dy, dx), padded[:, margin + dy:margin + dy + h, margin + dx:margin + dx + w]
+
+
 def near_strokes(strokes: np.ndarray, margin: int) -> np.ndarray:
     """Boolean (N, H, W): pixels within ``margin`` pixels (a square window) of a True of ``strokes``."""
-    n, h, w = strokes.shape
-    padded = np.zeros((n, h + 2 * margin, w + 2 * margin), dtype=bool)
-    padded[:, margin:margin + h, margin:margin + w] = strokes
-    near = np.zeros_like(strokes)
-    for dy in range(2 * margin + 1):
-        for dx in range(2 * margin + 1):
-            near |= padded[:, dy:dy + h, dx:dx + w]
-    return near
+    return np.logical_or.reduce([view for _, view in _window_views(strokes, margin)])
 
 
 def stroke_pixels(bright: np.ndarray) -> np.ndarray:
     """The pixels of ``bright`` (N, H, W) with at least one bright 8-neighbour."""
-    n, h, w = bright.shape
-    padded = np.zeros((n, h + 2, w + 2), dtype=bool)
-    padded[:, 1:1 + h, 1:1 + w] = bright
-    neighbours = [padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-                  for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    return bright & np.logical_or.reduce(neighbours)
+    return bright & np.logical_or.reduce([view for offset, view in _window_views(bright, 1) if offset != (0, 0)])
 
 
 def background_speckle(images: np.ndarray, threshold: int = SPECKLE_THRESHOLD, stroke: int = STROKE_LEVEL,
