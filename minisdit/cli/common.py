@@ -45,12 +45,18 @@ def add_cpu_arguments(parser):
 
 
 def add_sampling_arguments(parser):
-    """--workers and --clip-denoised, shared by sample and evaluate."""
+    """--workers, --clip-denoised, --variance and --guidance-min-t, shared by sample and evaluate."""
     parser.add_argument("--workers", type=int, default=2,
                         help="CPU processes sharing the batches (default 2; the images are the same for any number; "
                              "a GPU uses one)")
     parser.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=False,
                         help="clip the predicted x̂_0 to [-1, 1] at every step (default off, as the authors)")
+    parser.add_argument("--variance", choices=("learned", "posterior"), default="learned",
+                        help="the DDPM step's noise: the model's learned variance (default) or the posterior's "
+                             "beta-tilde, which leaves fewer faint background dots (docs/decisions.md, session 8)")
+    parser.add_argument("--guidance-min-t", type=int, default=0,
+                        help="apply --cfg-scale only at timesteps >= this (default 0: every step); e.g. 200 stops "
+                             "guidance from amplifying leftover noise at the end")
 
 
 def sampling_report(show: bool):

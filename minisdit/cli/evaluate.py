@@ -42,7 +42,8 @@ from .sample import check_steps, diffusion_from_checkpoint
 
 METRICS = ("fid-lenet", "is-lenet", "class-lenet", "fid-inception", "speckle")
 # what minisdit.sample writes into an .npz beside the images, recorded in the JSON
-SAMPLE_SETTINGS = ("sampler", "steps", "cfg_scale", "eta", "clip_denoised", "seed", "checkpoint_step", "weights")
+SAMPLE_SETTINGS = ("sampler", "steps", "cfg_scale", "eta", "clip_denoised", "variance", "guidance_min_t", "seed",
+                   "checkpoint_step", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,10 +228,11 @@ def run(args) -> int:
         images = to_uint8(generate_in_workers(diffusion, model, labels, workers=args.workers, sampler=args.sampler,
                                               steps=args.steps, seed=args.seed, cfg_scale=args.cfg_scale, eta=args.eta,
                                               batch_size=args.batch_size, clip_denoised=args.clip_denoised,
+                                              variance=args.variance, guidance_min_t=args.guidance_min_t,
                                               report=sampling_report(True)))
         settings = {"sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "eta": args.eta,
-                    "clip_denoised": args.clip_denoised,
-                    "seed": args.seed, "checkpoint_step": checkpoint["step"], "weights": checkpoint["weights_used"]}
+                    "clip_denoised": args.clip_denoised, "variance": args.variance,
+                    "guidance_min_t": args.guidance_min_t, "seed": args.seed, "checkpoint_step": checkpoint["step"], "weights": checkpoint["weights_used"]}
     sampling_seconds = None if args.samples else time.perf_counter() - started  # a file's images were drawn earlier
     if settings["sampler"] is not None:
         sampler_note = f"{settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg_scale']}"

@@ -3,13 +3,14 @@
     python -m minisdit.sample --ckpt runs/mnist-tiny/checkpoint.safetensors --num 64 --sampler ddpm \
         --steps 250 --cfg-scale 1.0 --out grid.png        # or --out samples.npz (uint8 images + labels)
 
-The same checkpoint, seed, labels, sampler, steps, eta, guidance, --clip-denoised and --batch-size
-give the same images: those of ``minisdit.diffusion.generate`` with the same arguments, for any
---workers (the CPU processes that share the batches; a progress line reports images/s).  The diffusion is the one
-the checkpoint was trained with (``config["num_timesteps"]`` steps), and --steps respaces it.  The
-.npz holds ``images`` (N, C, H, W) uint8 (round((x + 1) 127.5) clipped, docs/DESIGN.md §5),
-``labels`` (N,) int64, and what made them: ``sampler``, ``steps``, ``cfg_scale``, ``eta``, ``clip_denoised``,
-``seed``, ``checkpoint_step``, ``weights`` ("ema" or "model") and ``dataset`` (what the model was
+The same checkpoint, seed, labels, sampler, steps, eta, guidance, --variance, --guidance-min-t,
+--clip-denoised and --batch-size give the same images: those of ``minisdit.diffusion.generate``
+with the same arguments, for any --workers (the CPU processes that share the batches; a progress
+line reports images/s).  The diffusion is the one the checkpoint was trained with
+(``config["num_timesteps"]`` steps), and --steps respaces it.  The .npz holds ``images``
+(N, C, H, W) uint8 (round((x + 1) 127.5) clipped, docs/DESIGN.md §5), ``labels`` (N,) int64, and
+what made them: ``sampler``, ``steps``, ``cfg_scale``, ``eta``, ``clip_denoised``, ``variance``,
+``guidance_min_t``, ``seed``, ``checkpoint_step``, ``weights`` ("ema" or "model") and ``dataset`` (what the model was
 trained on, so that ``python -m minisdit.evaluate --samples`` needs no checkpoint).
 """
 from __future__ import annotations
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
             images = generate_in_workers(diffusion, model, labels, workers=args.workers, sampler=args.sampler,
                                          steps=args.steps, seed=args.seed, cfg_scale=args.cfg_scale, eta=args.eta,
                                          batch_size=args.batch_size, clip_denoised=args.clip_denoised,
+                                         variance=args.variance, guidance_min_t=args.guidance_min_t,
                                          report=sampling_report(not args.no_progress))
         if not np.isfinite(images).all():
             raise ValueError(f"the samples hold non-finite values; checkpoint {args.ckpt} (step {checkpoint['step']}) "
@@ -122,7 +124,8 @@ def main(argv=None) -> int:
         if out.suffix.lower() == ".npz":
             np.savez(out, images=images, labels=labels, sampler=np.array(args.sampler), steps=np.array(args.steps),
                      cfg_scale=np.array(args.cfg_scale), eta=np.array(args.eta), seed=np.array(args.seed),
-                     clip_denoised=np.array(args.clip_denoised),
+                     clip_denoised=np.array(args.clip_denoised), variance=np.array(args.variance),
+                     guidance_min_t=np.array(args.guidance_min_t),
                      checkpoint_step=np.array(checkpoint["step"]), weights=np.array(which),
                      dataset=np.array(str(checkpoint["config"].get("dataset", ""))))
         else:

@@ -14,6 +14,7 @@ from ..autograd.tensor import Tensor, no_grad
 from .arguments import data_of, device_and_dtype, evaluation_mode, generator, labels_of, null_label_of
 
 SAMPLERS = ("ddpm", "ddim")
+VARIANCES = ("learned", "posterior")
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,14 +53,29 @@ def model_output(diffusion, model, x, t, labels, cfg_scale: float, num_classes) 
 # one reverse step x_t -> x_{t-1}
 # --------------------------------------------------------------------------------------------
 class AncestralStep:
-    """DDPM: x_{t−1} = μ_θ(x_t, t) + σ_t z, z ~ N(0, I), with no noise at the last step (t = 0)."""
+    """DDPM: x_{t−1} = μ_θ(x_t, t) + σ_t z, z ~ N(0, I), with no noise at the last step (t = 0).
+
+    ``variance`` "learned": σ_t² is the model's exp(f log β_t + (1 − f) log β̃_t), f = (v + 1)/2;
+    "posterior": σ_t² = β̃_t, the forward posterior's variance (the lower of DDPM's two fixed
+    choices).  β̃ leaves less fresh noise at low t, where the CPU preset's ε̂ removes it only partly
+    (docs/decisions.md, session 8: the background speckle halves)."""
 
     name = "DDPM"
+
+    def __init__(self, variance: str = "learned"):
+        if variance not in VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        self.variance = variance
 
     def __call__(self, chain, x, t: np.ndarray, out: dict, gaussian):
         x_prev = out["mean"].data
         if t[0] > 0:
-            x_prev = x_prev + backend.array_module_of(x_prev).exp(0.5 * out["log_variance"].data) * gaussian()
+            xp = backend.array_module_of(x_prev)
+            if self.variance == "learned":
+                sigma = xp.exp(0.5 * out["log_variance"].data)
+            else:
+                sigma = xp.sqrt(chain.at(t, x_prev)(chain.posterior_variance))
+            x_prev = x_prev + sigma * gaussian()
         return x_prev
 
 
@@ -101,14 +117,16 @@ class DDIMStep:
 # --------------------------------------------------------------------------------------------
 def sample_loop(diffusion, model, shape, step, *, y=None, steps=None, rng=None, seed=None, cfg_scale: float = 1.0,
                 num_classes: int | None = None, progress: bool = False, clip_denoised: bool = False,
-                return_intermediates: bool = False, noise=None):
+                return_intermediates: bool = False, noise=None, guidance_min_t: int = 0):
     """x_T ~ N(0, I) → x_0 on the model's device (an array of ``shape``), one ``step``
     (``AncestralStep()`` or ``DDIMStep(eta)``) per kept step, from the last to the first.
 
     ``steps``: None (every step of the diffusion) or a respacing (int K, "ddimN", list, comma
     string; the authors use K = 250, no clipping).  Noise comes from a NumPy Generator (``rng``, or
     ``seed``), so a seed fixes the samples on any device; ``noise`` gives x_T instead.
-    ``cfg_scale`` ≠ 1 turns on classifier-free guidance.  ``y`` None uses the null label when the
+    ``cfg_scale`` ≠ 1 turns on classifier-free guidance, at the steps whose original timestep is at
+    least ``guidance_min_t`` (below it scale 1: one plain model call; a guidance interval cut at the
+    low-noise end, where guidance amplifies the leftover noise).  ``y`` None uses the null label when the
     model has ``num_classes``.  ``return_intermediates``: also a dict of lists "x" (x_T first),
     "pred_x0", and "t" (the original steps).
     """
@@ -142,7 +160,8 @@ def sample_loop(diffusion, model, shape, step, *, y=None, steps=None, rng=None, 
     with no_grad(), evaluation_mode(model):
         for i in indices:
             t = np.full(shape[0], i, dtype=np.int64)
-            output = model_output(chain, model, x, t, labels, cfg_scale, num_classes)
+            scale = cfg_scale if chain.timestep_map[i] >= guidance_min_t else 1.0
+            output = model_output(chain, model, x, t, labels, scale, num_classes)
             out = chain.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_output=output)
             x = step(chain, x, t, out, gaussian)
             if return_intermediates:
@@ -199,19 +218,26 @@ def ddim_reverse_loop(diffusion, model, x0, y=None, steps=None, clip_denoised: b
 # --------------------------------------------------------------------------------------------
 def generate(diffusion, model, labels, *, sampler: str = "ddpm", steps: int = 250, seed: int = 0,
              cfg_scale: float = 1.0, eta: float = 0.0, batch_size: int = 256, progress: bool = False,
-             clip_denoised: bool = False, first_batch: int = 0) -> np.ndarray:
+             clip_denoised: bool = False, first_batch: int = 0, variance: str = "learned",
+             guidance_min_t: int = 0) -> np.ndarray:
     """Images (N, C, H, W) in [-1, 1] as a NumPy array, one per label, reproducible from ``seed``.
 
     ``sampler`` "ddpm" (ancestral; ``eta`` must stay 0) or "ddim" (with ``eta``).  Batch b draws
     its noise from default_rng([seed, b]), so the same seed (and batch size) gives the same images
     whatever else ran before.  ``first_batch``: the index b of the first batch (for batches drawn
     elsewhere, sampling_workers.py).  ``clip_denoised``: clip x̂_0 to [-1, 1] at every step.
+    ``variance``: the DDPM step's σ² ("learned" or "posterior", ``AncestralStep``); ``guidance_min_t``:
+    guidance only at original timesteps ≥ it (``sample_loop``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if sampler == "ddpm" and eta != 0:
         raise ValueError(f"eta={eta} applies to the DDIM sampler only; use sampler='ddim' or leave eta at 0")
-    step = AncestralStep() if sampler == "ddpm" else DDIMStep(eta)
+    if sampler == "ddim" and variance != "learned":
+        raise ValueError(f"variance={variance!r} applies to the DDPM sampler only; use sampler='ddpm' or leave it at 'learned'")
+    if not int(guidance_min_t) >= 0:
+        raise ValueError(f"guidance_min_t must be zero or positive, got {guidance_min_t}")
+    step = AncestralStep(variance) if sampler == "ddpm" else DDIMStep(eta)
     labels = np.asarray(labels, dtype=np.int64)
     was_training = model.training
     model.eval()
@@ -221,7 +247,8 @@ def generate(diffusion, model, labels, *, sampler: str = "ddpm", steps: int = 25
             y = labels[start:start + batch_size]
             shape = (len(y), model.in_channels, model.input_size, model.input_size)
             images = sample_loop(diffusion, model, shape, step, y=y, steps=steps, rng=np.random.default_rng([seed, b]),
-                                 cfg_scale=cfg_scale, progress=progress, clip_denoised=clip_denoised)
+                                 cfg_scale=cfg_scale, progress=progress, clip_denoised=clip_denoised,
+                                 guidance_min_t=int(guidance_min_t))
             chunks.append(backend.to_numpy(getattr(images, "data", images)))
     finally:
         model.train(was_training)

@@ -114,13 +114,15 @@ def hand_made_samples(path: Path, **arrays) -> Path:
 def test_a_file_of_minisdit_sample_needs_no_checkpoint_and_its_settings_are_recorded(checkpoint_path, tmp_path):
     samples = tmp_path / "drawn.npz"
     code, _, stderr = run_cli("--ckpt", checkpoint_path, "--num", 6, "--sampler", "ddim", "--eta", 0.3, "--cfg-scale", 2,
-                              "--seed", 5, "--steps", 2, "--no-progress", "--out", samples, cli=sample)
+                              "--guidance-min-t", 3, "--seed", 5, "--steps", 2, "--no-progress", "--out", samples,
+                              cli=sample)
     assert code == 0, stderr
     code, stdout, stderr = run_cli("--samples", samples, "--metric", "is-lenet")
     assert code == 0, stderr
     results = json.loads(samples.with_suffix(".eval.json").read_text())  # the default place without --ckpt
     assert {name: results[name] for name in evaluate.SAMPLE_SETTINGS} == {
-        "sampler": "ddim", "steps": 2, "cfg_scale": 2.0, "eta": 0.3, "clip_denoised": False, "seed": 5,
+        "sampler": "ddim", "steps": 2, "cfg_scale": 2.0, "eta": 0.3, "clip_denoised": False,
+        "variance": "learned", "guidance_min_t": 3, "seed": 5,
         "checkpoint_step": 7, "weights": "model"}
     assert (results["checkpoint"], results["step"], results["dataset"], results["samples"]) == (None, 7, "mnist",
                                                                                                str(samples))

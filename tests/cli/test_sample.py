@@ -102,6 +102,7 @@ def test_ddim_labels_guidance_and_weights_options(checkpoint_path, tmp_path):
     ["--sampler", "ddpm", "--cfg-scale", 3],
     ["--sampler", "ddim", "--eta", 0.5, "--cfg-scale", 2, "--seed", 9, "--labels", "4,1"],
     ["--sampler", "ddim", "--batch-size", 2, "--seed", 3],
+    ["--sampler", "ddpm", "--variance", "posterior", "--cfg-scale", 3, "--guidance-min-t", 500],
 ])
 def test_the_command_line_draws_the_images_of_generate(checkpoint_path, tmp_path, options):
     """The CLI's images are generate's, with the same seed, sampler, steps, guidance, eta and batch
@@ -110,7 +111,8 @@ def test_the_command_line_draws_the_images_of_generate(checkpoint_path, tmp_path
     model, _ = load_model(checkpoint_path)
     expected = generate(GaussianDiffusion(num_timesteps=1000), model, saved["labels"], sampler=str(saved["sampler"]),
                         steps=int(saved["steps"]), seed=int(saved["seed"]), cfg_scale=float(saved["cfg_scale"]),
-                        eta=float(saved["eta"]), batch_size=2 if "--batch-size" in options else 256)
+                        eta=float(saved["eta"]), batch_size=2 if "--batch-size" in options else 256,
+                        variance=str(saved["variance"]), guidance_min_t=int(saved["guidance_min_t"]))
     assert np.array_equal(saved["images"], to_uint8(expected))
 
 
@@ -190,6 +192,8 @@ def test_checkpoint_errors(checkpoint_path, tmp_path):
     (["--eta", "-1"], ["--eta must be zero or positive"]),
     (["--eta", "0.5"], ["--eta 0.5 applies to the DDIM sampler only", "--sampler ddim"]),
     (["--sampler", "euler"], ["invalid choice: 'euler'", "--help"]),
+    (["--sampler", "ddim", "--variance", "posterior"], ["variance='posterior' applies to the DDPM sampler only"]),
+    (["--guidance-min-t", "-5"], ["guidance_min_t must be zero or positive"]),
 ])
 def test_bad_arguments_give_one_line_errors(checkpoint_path, tmp_path, argv, fragments):
     argv = ["--ckpt", checkpoint_path, "--num", 2, *FAST, "--out", tmp_path / "g.png", *argv]

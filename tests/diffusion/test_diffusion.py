@@ -12,9 +12,10 @@ from scipy import integrate, stats
 
 from minisdit import Tensor
 from minisdit import functional as F
-from minisdit.diffusion import (DDIMStep, EpsilonMSE, GaussianDiffusion, SpacedDiffusion, approx_standard_normal_cdf,
-                                ddim_sigma, discretized_gaussian_log_likelihood, generate, generate_in_workers, normal_kl,
+from minisdit.diffusion import (AncestralStep, DDIMStep, EpsilonMSE, GaussianDiffusion, SpacedDiffusion,
+                                approx_standard_normal_cdf, ddim_sigma, discretized_gaussian_log_likelihood, generate, generate_in_workers, normal_kl,
                                 space_timesteps)
+from minisdit.diffusion.samplers import sample_loop
 from minisdit.models import sdit_from_preset
 from minisdit.autograd.gradcheck import gradcheck
 
@@ -618,6 +619,61 @@ def test_guided_sampling_equals_sampling_the_guided_model():
         expected = sampler(FakeModel(guided), (3, 1, 2, 2), y=y, steps=10, seed=3)
         got = sampler(FakeModel(labelled_model, num_classes=3), (3, 1, 2, 2), y=y, steps=10, seed=3, cfg_scale=2.5)
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_guidance_min_t_guides_only_the_steps_at_or_above_it():
+    """guidance_min_t = 500: the steps at original t ≥ 500 run the doubled batch and equal the
+    guided model's, those below one plain call of the conditional model (scale 1)."""
+    y, cut = np.array([2, 0, 1]), 500
+
+    def guided_above_cut(x, t, labels, scale=2.5):
+        c, u = labelled_model(x, t, labels), labelled_model(x, t, np.full(len(labels), 3))
+        guided = np.concatenate([u[:, :1] + scale * (c[:, :1] - u[:, :1]), c[:, 1:]], axis=1)
+        return np.where((np.asarray(t) >= cut)[:, None, None, None], guided, c)
+
+    chain = DIFFUSION.for_sampling(10)
+    model = FakeModel(labelled_model, num_classes=3)
+    got = sample_loop(DIFFUSION, model, (3, 1, 2, 2), AncestralStep(), y=y, steps=10, seed=3, cfg_scale=2.5,
+                      guidance_min_t=cut)
+    batches = {int(call["t"][0]): call["batch"] for call in model.calls}  # the model sees original steps
+    assert batches == {t: (6 if t >= cut else 3) for t in chain.timestep_map.tolist()}
+    expected = sample_loop(DIFFUSION, FakeModel(guided_above_cut), (3, 1, 2, 2), AncestralStep(), y=y, steps=10,
+                           seed=3)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="guidance_min_t must be zero or positive"):
+        generate(DIFFUSION, model, [0, 1], steps=2, guidance_min_t=-1)
+
+
+def test_posterior_variance_step_adds_beta_tilde_noise():
+    """AncestralStep("posterior"): x_{t−1} = μ + √β̃_t z exactly for a given z; it equals the learned
+    step of a model whose v = −1 (learned variance = β̃ for t ≥ 1); DDIM and unknown names refuse."""
+    chain = DIFFUSION.respaced(space_timesteps(1000, 10))
+    x = np.random.default_rng(0).standard_normal((4, 1, 2, 2))
+    z = np.random.default_rng(1).standard_normal(x.shape)
+
+    def v_minus_one(x, t, y):
+        return np.concatenate([0.8 * x + 0.05, -np.ones_like(x)], axis=1)
+
+    for i in (9, 5, 1):
+        t = np.full(4, i)
+        out = chain.p_mean_variance(FakeModel(linear_model), x, t)
+        np.testing.assert_allclose(AncestralStep("posterior")(chain, x, t, out, lambda: z),
+                                   out["mean"].data + math.sqrt(chain.posterior_variance[i]) * z, rtol=1e-13)
+        out_v0 = chain.p_mean_variance(FakeModel(v_minus_one), x, t)
+        np.testing.assert_allclose(AncestralStep("posterior")(chain, x, t, out_v0, lambda: z),
+                                   AncestralStep()(chain, x, t, out_v0, lambda: z), rtol=1e-12)
+    last = chain.p_mean_variance(FakeModel(linear_model), x, np.zeros(4, dtype=np.int64))
+    np.testing.assert_array_equal(AncestralStep("posterior")(chain, x, np.zeros(4, dtype=np.int64), last, lambda: z),
+                                  last["mean"].data)  # no noise at the last step
+    model = FakeModel(linear_model, num_classes=3)
+    model.in_channels, model.input_size = 1, 2
+    with pytest.raises(ValueError, match="unknown variance 'large'; choose one of learned, posterior"):
+        AncestralStep("large")
+    with pytest.raises(ValueError, match="applies to the DDPM sampler only"):
+        generate(DIFFUSION, model, [0, 1], sampler="ddim", steps=2, variance="posterior")
+    drawn = generate(DIFFUSION, model, [0, 1], steps=4, seed=2, variance="posterior")
+    np.testing.assert_array_equal(drawn, sample_loop(DIFFUSION, model, (2, 1, 2, 2), AncestralStep("posterior"),
+                                                     y=[0, 1], steps=4, rng=np.random.default_rng([2, 0])))
 
 
 # ---------------------------------------------------------------------------------------------
