@@ -4,7 +4,8 @@ the local backend's forked workers).
 
     python tests/training/distributed_run.py ACTION STEP [train options...]
 
-Every rank first prints "pid RANK PID" (before the training command silences ranks other than 0).
+Where $MINISDIT_TEST_PIDS names a folder, every rank first writes its pid into the file RANK there
+(a file, not a line on stdout: mpiexec merges the ranks' output, and a killed rank can cut a line).
 ACTION, at rank r's part of step STEP (the step numbered STEP, counted from 1):
   none            nothing: train normally;
   raise-1         rank 1 raises RuntimeError("rank 1 fails on purpose");
@@ -45,7 +46,6 @@ def rank_of_this_process() -> int:
 def main():
     action, step, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     rank = rank_of_this_process()
-    print(f"pid {rank} {os.getpid()}", flush=True)
     pids = os.environ.get("MINISDIT_TEST_PIDS")
     if pids:
         with open(os.path.join(pids, str(rank)), "w") as handle:
