@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import data
 from ..data.images import to_uint8
-from ..diffusion import SAMPLERS, generate
+from ..diffusion import SAMPLERS, VARIANCES, generate
 from ..metrics import inception_score, lenet_outputs, load_lenet, reference_statistics
 from ..metrics.fid import FeatureStatistics
 from ..training import ablation
@@ -69,6 +69,11 @@ def build_parser():
     evaluation.add_argument("--cfg-scale", type=float, default=None,
                             help=f"classifier-free guidance of the samples (default: 5 on CPU as its recipe, "
                                  f"{GPU_CFG_SCALE:g} on GPU)")
+    evaluation.add_argument("--guidance-min-t", type=int, default=None,
+                            help="guidance only at timesteps t >= this (default: the recipe's, 200 on CPU, 0 on GPU)")
+    evaluation.add_argument("--sample-variance", choices=VARIANCES, default=None,
+                            help="the DDPM step's noise, learned or posterior (default: the recipe's, posterior on CPU, "
+                                 "learned on GPU)")
     evaluation.add_argument("--eval-batch-size", type=int, default=256, help="images drawn together (part of what the seed fixes)")
     options = parser.add_argument_group("training options (as python -m minisdit.train; default: its recipe for the device)")
     options.add_argument("--dataset", default=None)
@@ -142,6 +147,7 @@ def run(args) -> int:
                 "device": device, "budget": budget, "budget_text": budget_text(budget),
                 "num_samples": args.num_samples or NUM_SAMPLES[device], "num_classes": base.num_classes,
                 "sampler": args.sampler, "sample_steps": base.sample_steps, "cfg_scale": base.cfg_scale,
+                "guidance_min_t": base.guidance_min_t, "sample_variance": base.sample_variance,
                 "eval_batch_size": args.eval_batch_size, "variants": [name for name, _ in variants],
                 "train_config": {name: value for name, value in base.to_dict().items() if name not in VARIANT_FIELDS}}
     progress = not args.no_progress and sys.stderr.isatty()
@@ -187,8 +193,8 @@ def evaluate_variant(folder: Path, fields: dict, settings: dict, device: str, pr
     firing rates and energy.  Returns (the results, whether they were reused)."""
     model, checkpoint = load_model(folder / CHECKPOINT_NAME, device=device, variant=fields)
     wanted = {"step": checkpoint["step"], "weights": checkpoint["weights_used"],
-              **{key: settings[key] for key in ("num_samples", "sampler", "sample_steps", "cfg_scale", "seed",
-                                                "eval_batch_size", "dataset")}}
+              **{key: settings[key] for key in ("num_samples", "sampler", "sample_steps", "cfg_scale", "guidance_min_t",
+                                                "sample_variance", "seed", "eval_batch_size", "dataset")}}
     previous = ablation.read_json(folder / ablation.EVAL_NAME)
     if previous is not None and previous.get("settings") == wanted and (folder / ablation.SAMPLES_NAME).exists():
         return previous, True
@@ -198,6 +204,7 @@ def evaluate_variant(folder: Path, fields: dict, settings: dict, device: str, pr
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         images = generate(diffusion, model, labels, sampler=wanted["sampler"], steps=wanted["sample_steps"],
                           seed=wanted["seed"], cfg_scale=wanted["cfg_scale"], batch_size=wanted["eval_batch_size"],
+                          guidance_min_t=wanted["guidance_min_t"], variance=wanted["sample_variance"],
                           progress=progress)
     sampling_seconds = time.perf_counter() - started
     if not np.isfinite(images).all():

@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from .. import data
 from ..autograd import backend
-from ..diffusion import progress_line
+from ..diffusion import VARIANCES, progress_line
 from ..kernels import runtime
 from ..training.checkpoint import CheckpointError
 from ..training.trainer import TrainingError
@@ -51,7 +51,7 @@ def add_sampling_arguments(parser):
                              "a GPU uses one)")
     parser.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=False,
                         help="clip the predicted x̂_0 to [-1, 1] at every step (default off, as the authors)")
-    parser.add_argument("--variance", choices=("learned", "posterior"), default="learned",
+    parser.add_argument("--variance", choices=VARIANCES, default="learned",
                         help="the DDPM step's noise: the model's learned variance (default) or the posterior's "
                              "beta-tilde, which leaves fewer faint background dots (docs/decisions.md, session 8)")
     parser.add_argument("--guidance-min-t", type=int, default=0,

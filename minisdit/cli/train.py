@@ -31,6 +31,7 @@ from pathlib import Path
 from .. import data
 from ..autograd.precision import matmul_precision
 from ..data import dataset_spec
+from ..diffusion import VARIANCES
 from ..models import PRESETS
 from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from ..training.config import (ATTENTIONS, FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES,
@@ -42,7 +43,7 @@ from .common import EXPECTED_ERRORS, one_line_error, OneLineParser, add_cpu_argu
 # fields of TrainConfig that are command-line options of the same name (--batch-size: batch_size)
 OPTIONS = ("dataset", "preset", "seed", "batch_size", "lr", "weight_decay", "warmup_steps", "lr_decay_fraction",
            "grad_clip", "ema", "ema_warmup", "mse_weighting", "max_mse_weight", "workers", "num_train",
-           "sample_every", "sample_steps", "sample_num", "cfg_scale", "ckpt_every", "log_every") + VARIANT_FIELDS
+           "sample_every", "sample_steps", "sample_num", "cfg_scale", "guidance_min_t", "sample_variance", "ckpt_every", "log_every") + VARIANT_FIELDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt-every", type=int, default=None, help="write a checkpoint every N steps")
     parser.add_argument("--log-every", type=int, default=None, help="write a log line every N steps (the loss is read from the device and checked for NaN/inf at these steps)")
     parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale for the sample grids (1: off; default 1 on GPU, as the authors, and 5 on CPU)")
+    parser.add_argument("--guidance-min-t", type=int, default=None,
+                        help="the grids' guidance acts only at timesteps t >= this (default 0 on GPU: every step; 200 on "
+                             "CPU, so that it does not amplify the noise left at the end)")
+    parser.add_argument("--sample-variance", choices=VARIANCES, default=None,
+                        help="the grids' DDPM step noise: learned (the model's Σ; default on GPU) or posterior "
+                             "(β̃_t; default on CPU: fewer stray background pixels; docs/decisions.md)")
     parser.add_argument("--data-dir", default=None, help="where data sets are cached (default: $MINISDIT_DATA or ~/.cache/minisdit)")
     parser.add_argument("--mse-weighting", choices=MSE_WEIGHTINGS, default=None,
                         help="weight of each sample's ε-MSE by its step t: uniform (the authors; default on GPU) or "
@@ -121,7 +128,7 @@ def check_arguments(args) -> None:
                          f"got {args.sample_steps}")
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
-    for name in ("weight_decay", "warmup_steps", "grad_clip", "cfg_scale"):
+    for name in ("weight_decay", "warmup_steps", "grad_clip", "cfg_scale", "guidance_min_t"):
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be zero or positive, got {value}")

@@ -6,7 +6,7 @@ from .fused_ops import (EpsilonMSE, epsilon_mse, epsilon_mse_backward_reference,
                         q_sample_reference, squared_error_reference)
 from .gaussian import GaussianDiffusion, SpacedDiffusion
 from .losses import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl, vb_bits_per_dim
-from .samplers import SAMPLERS, AncestralStep, DDIMStep, ddim_sigma, generate
+from .samplers import SAMPLERS, VARIANCES, AncestralStep, DDIMStep, ddim_sigma, generate
 from .sampling_workers import generate_in_workers, progress_line
 from .schedules import BETA_SCHEDULES, get_beta_schedule, respaced_betas, space_timesteps
 

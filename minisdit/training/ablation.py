@@ -147,7 +147,7 @@ def budget_of(steps: int | None, minutes: float | None) -> dict:
 # what may differ between the sessions of one variant without changing what it trains
 # (the budget, steps/epochs, is checked on its own)
 FREE_ON_RESUME = ("device", "workers", "backend", "world_size", "ckpt_every", "log_every", "sample_every", "sample_num", "sample_steps",
-                  "cfg_scale", "steps", "epochs")
+                  "cfg_scale", "guidance_min_t", "sample_variance", "steps", "epochs")
 
 
 def train_variant(config: TrainConfig, images, labels, out: Path, *, budget: dict, progress: bool = False,
@@ -219,13 +219,20 @@ def _cell(value, form: str) -> str:
     return "n/a" if value is None else form.format(value)
 
 
+def guidance_interval(settings: dict) -> str:
+    """" at t >= 200" when the guidance was cut below a timestep; nothing when it acted at every step."""
+    cut = settings["guidance_min_t"]
+    return f" at t >= {cut}" if cut else ""
+
+
 def markdown_table(rows: list[dict], settings: dict) -> str:
     """``ablation.md``: what was compared and how (N, sampler, steps, guidance, seed), then the table."""
     lines = [f"# Ablation: {settings['dataset']}, preset {settings['preset']}", "",
              f"Every variant: seed {settings['seed']} (the same initial draws, data order, t and ε per step), "
              f"batch {settings['batch_size']}, budget {settings['budget_text']}, device {settings['device']}.",
              f"Evaluation: N = {settings['num_samples']} samples (labels cycling 0..{settings['num_classes'] - 1}), "
-             f"sampler {settings['sampler']}, {settings['sample_steps']} steps, guidance (cfg) {settings['cfg_scale']}, "
+             f"sampler {settings['sampler']}, {settings['sample_steps']} steps, guidance (cfg) {settings['cfg_scale']}"
+             f"{guidance_interval(settings)}, {settings['sample_variance']} variance, "
              f"sampling seed {settings['seed']}; FID_LeNet and IS against the {settings['dataset']} test split; "
              "\"LeNet reads the class\": the share of samples LeNet classifies as the class they were drawn for; "
              "firing rates and energy (45 nm estimate, docs/DESIGN.md §5) over one 20-step sampling run of 16 images.",

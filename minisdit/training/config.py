@@ -3,8 +3,9 @@
 A run folder's config.json and every checkpoint hold ``TrainConfig.to_json()``; ``--resume`` reads
 it back with ``TrainConfig.from_dict``, which refuses a config that lacks a field this version
 writes (a checkpoint of an earlier version: start a new run) instead of guessing the old value; the
-two exceptions are fields whose old value is known (``backend``/``world_size`` before issue 18: local
-workers; ``ema_warmup`` before the decay warm-up: False).
+exceptions are fields whose old value is known (``backend``/``world_size`` before issue 18: local
+workers; ``ema_warmup`` before the decay warm-up: False; ``sample_variance``/``guidance_min_t`` before
+the grids had those options: "learned" and 0).
 
 On resume the fields of ``FIXED_ON_RESUME`` (they decide the model's shape or the diffusion) must
 stay as they were; every other field may be changed and the run goes on with the new value.
@@ -66,6 +67,8 @@ class TrainConfig:
     sample_steps: int = 250  # respaced DDPM steps of the sample grids
     sample_num: int = 100
     cfg_scale: float = 1.0  # classifier-free guidance of the sample grids; 1: off
+    guidance_min_t: int = 0  # the grids' guidance acts only at timesteps t >= this; 0: at every step
+    sample_variance: str = "learned"  # the grids' DDPM step noise: the model's learned Σ, or "posterior" β̃_t
     ckpt_every: int = 5000
     log_every: int = 50
 
@@ -88,6 +91,9 @@ class TrainConfig:
             values.update(backend="local", world_size=values["workers"])
         if "ema_warmup" not in values:  # written before the EMA decay warm-up: those runs used the fixed decay
             values["ema_warmup"] = False
+        # written before the grids' sampler options: those grids used the learned variance and guidance at every step
+        values.setdefault("sample_variance", "learned")
+        values.setdefault("guidance_min_t", 0)
         missing = [name for name in names if name not in values]
         if missing:
             raise ValueError(f"{source} lacks {', '.join(missing)}: it was written by an earlier version of minisdit "
@@ -104,11 +110,12 @@ GPU_RECIPE = TrainConfig()
 # On a CPU: what draws recognisable digits in about 15 minutes on two cores (docs/decisions.md has
 # the measurements): the `tiny` model, two processes sharing each batch of 32, lr 3e-3 with warm-up,
 # the ε-MSE weighted by truncated SNR so that the class and shape are worth learning early, and
-# sample grids drawn with classifier-free guidance.
+# sample grids drawn with classifier-free guidance above t = 200 and the posterior's variance (fewer
+# stray background pixels: docs/decisions.md, sessions 8 and 9).
 CPU_RECIPE = dataclasses.replace(
     GPU_RECIPE, device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=10000, epochs=None,
     sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250, log_every=10, workers=2,
-    mse_weighting="truncated-snr", cfg_scale=5.0)
+    mse_weighting="truncated-snr", cfg_scale=5.0, guidance_min_t=200, sample_variance="posterior")
 RECIPES = {"gpu": GPU_RECIPE, "cpu": CPU_RECIPE}
 
 # what a resumed run must share with its checkpoint: the model's shape, the data and the diffusion

@@ -399,7 +399,8 @@ class Trainer:
         labels = np.arange(count) % model.num_classes
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             images = generate(self.diffusion, model, labels, sampler="ddpm", steps=self.config.sample_steps,
-                              seed=self.config.seed, cfg_scale=self.config.cfg_scale)
+                              seed=self.config.seed, cfg_scale=self.config.cfg_scale,
+                              guidance_min_t=self.config.guidance_min_t, variance=self.config.sample_variance)
         return save_grid(to_uint8(images), self.out / name, columns=min(count, model.num_classes))
 
     def read_log(self) -> list[dict]:

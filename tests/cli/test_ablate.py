@@ -71,10 +71,12 @@ def test_the_table_and_the_json_hold_every_variant(finished):
     assert rows["no-spiking"]["what it changes"] == "every SN is the identity (an ANN)"
     # what was compared and how is stated
     assert "N = 10 samples" in markdown and "sampler ddpm, 2 steps" in markdown and "guidance (cfg) 5.0" in markdown
+    assert "guidance (cfg) 5.0 at t >= 200, posterior variance" in markdown  # the CPU recipe's sampler options
     assert "seed 5" in markdown and "budget 2 steps" in markdown
     report = json.loads((out / "ablation.json").read_text())
     assert [row["name"] for row in report["variants"]] == EXISTING
     assert report["settings"]["num_samples"] == 10 and report["settings"]["sampler"] == "ddpm"
+    assert report["settings"]["guidance_min_t"] == 200 and report["settings"]["sample_variance"] == "posterior"
     for row in report["variants"]:
         assert np.isfinite(row["fid_lenet"]) and 0 <= row["label_accuracy"] <= 1 and row["images_per_second"] > 0
         evaluation = json.loads((out / row["name"] / "eval.json").read_text())
@@ -236,4 +238,5 @@ def test_an_ablation_on_the_gpu(tmp_path):
     assert stdout.splitlines()[0].startswith("device: gpu (")
     report = json.loads((out / "ablation.json").read_text())
     assert report["settings"]["device"] == "gpu" and report["settings"]["cfg_scale"] == ablate.GPU_CFG_SCALE
+    assert report["settings"]["guidance_min_t"] == 0 and report["settings"]["sample_variance"] == "learned"
     assert all(np.isfinite(row["fid_lenet"]) for row in report["variants"])

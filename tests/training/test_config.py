@@ -24,7 +24,8 @@ def test_the_cpu_recipe_differs_only_where_it_says():
                    if getattr(CPU_RECIPE, f.name) != getattr(GPU_RECIPE, f.name)}
     assert differences == dict(device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=10000,
                                epochs=None, sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250,
-                               log_every=10, workers=2, mse_weighting="truncated-snr", cfg_scale=5.0)
+                               log_every=10, workers=2, mse_weighting="truncated-snr", cfg_scale=5.0,
+                               guidance_min_t=200, sample_variance="posterior")
     assert CPU_RECIPE.max_mse_weight == MAX_MSE_WEIGHT == 10.0
     assert RECIPES == {"cpu": CPU_RECIPE, "gpu": GPU_RECIPE}
 
@@ -56,6 +57,13 @@ def test_a_config_written_before_the_ema_warm_up_resumes_with_the_fixed_decay_it
     config = TrainConfig.from_dict(old)
     assert config == dataclasses.replace(CPU_RECIPE, ema=0.999, ema_warmup=False)
     assert ema_decay_at(config.ema, 0, config.ema_warmup) == 0.999
+
+
+def test_a_config_written_before_the_grid_sampler_options_keeps_the_grids_it_drew():
+    old = CPU_RECIPE.to_dict()
+    del old["sample_variance"], old["guidance_min_t"]
+    config = TrainConfig.from_dict(old)
+    assert config == dataclasses.replace(CPU_RECIPE, sample_variance="learned", guidance_min_t=0)
 
 
 def test_a_config_with_an_unknown_field_is_refused():

@@ -106,6 +106,7 @@ def test_a_run_writes_config_log_checkpoint_and_pictures(reference):
     assert config["workers"] == 2  # the CPU default: two processes share each batch
     assert config["mse_weighting"] == "truncated-snr" and config["max_mse_weight"] == 10.0 and config["cfg_scale"] == 5.0
     assert config["ema"] == 0.9 and config["seed"] == 3 and config["dataset"] == "mnist"
+    assert config["guidance_min_t"] == 200 and config["sample_variance"] == "posterior"  # the CPU recipe's grids
     records = log_records(out)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for r in records:
@@ -129,6 +130,30 @@ def test_a_run_writes_config_log_checkpoint_and_pictures(reference):
 
 
 # ----- exact resume -----
+
+def test_the_final_grid_is_drawn_with_the_configs_sampler_options(reference, tmp_path):
+    """samples_final.png = generate() of the EMA weights with the config's steps, guidance, guidance cut
+    and variance (and not the picture the defaults of generate would draw)."""
+    from minisdit.data.images import save_grid, to_uint8
+    from minisdit.training.checkpoint import load_model
+    from minisdit.training.config import build_diffusion
+
+    out = reference[0]
+    model, checkpoint = load_model(out / "checkpoint.safetensors")
+    config = checkpoint["train_config"]
+    labels = np.arange(config.sample_num) % model.num_classes
+
+    def grid(**options):
+        images = diffusion.generate(build_diffusion(config), model, labels, sampler="ddpm", steps=config.sample_steps,
+                                    seed=config.seed, cfg_scale=config.cfg_scale, **options)
+        with Image.open(save_grid(to_uint8(images), tmp_path / "grid.png", columns=len(labels))) as picture:
+            return np.asarray(picture)
+
+    with Image.open(out / "samples_final.png") as picture:
+        drawn = np.asarray(picture)
+    assert np.array_equal(drawn, grid(guidance_min_t=config.guidance_min_t, variance=config.sample_variance))
+    assert not np.array_equal(drawn, grid())
+
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(reference, tmp_path):
     out = tmp_path / "run"
@@ -322,6 +347,8 @@ def test_a_huge_learning_rate_diverges_with_a_clear_message(tmp_path):
     (["--max-mse-weight", "0.5"], 1, ["--max-mse-weight must be at least 1"]),
     (["--mse-weighting", "snr"], 2, ["invalid choice: 'snr'", "--help"]),
     (["--lr-decay-fraction", "1"], 1, ["--lr-decay-fraction must lie in [0, 1)"]),
+    (["--guidance-min-t", "-1"], 1, ["--guidance-min-t must be zero or positive"]),
+    (["--sample-variance", "fixed"], 2, ["invalid choice: 'fixed'", "--help"]),
 ])
 def test_bad_arguments_give_one_line_errors(tmp_path, argv, code, fragments):
     returned, _, stderr = run_cli(*argv, "--out", tmp_path / "run", "--no-progress")
