@@ -130,6 +130,12 @@ def run(args) -> int:
     base = train.resolve_config(args, device)
     base = dataclasses.replace(base, steps=args.steps if args.steps is not None else MINUTES_STEP_CAP, epochs=None,
                                sample_every=NO_GRIDS)
+    if args.steps is None and base.lr_decay_fraction:
+        # a --minutes budget has no last fraction of steps to decay over (check_arguments refuses the
+        # flag): the recipe's cooldown (0.3 on CPU) is left out and the rate stays constant
+        print(f"--minutes without --steps: the recipe's learning-rate decay over the last {base.lr_decay_fraction:g} of "
+              "the steps is off (add --steps N to keep it)", flush=True)
+        base = dataclasses.replace(base, lr_decay_fraction=0.0)
     if device == "gpu" and args.cfg_scale is None:
         base = dataclasses.replace(base, cfg_scale=GPU_CFG_SCALE)
     for _, fields in variants:  # a variant this model cannot build fails now, not after hours of the others

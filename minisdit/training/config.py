@@ -109,13 +109,15 @@ class TrainConfig:
 GPU_RECIPE = TrainConfig()
 # On a CPU: what draws recognisable digits in about 15 minutes on two cores (docs/decisions.md has
 # the measurements): the `tiny` model, two processes sharing each batch of 32, lr 3e-3 with warm-up,
-# the ε-MSE weighted by truncated SNR so that the class and shape are worth learning early, and
+# decaying linearly to 0 over the last 30 % of the steps (smoother strokes, half the speckle), the
+# ε-MSE weighted by truncated SNR capped at 5 so that the class and shape are worth learning early, and
 # sample grids drawn with classifier-free guidance above t = 200 and the posterior's variance (fewer
-# stray background pixels: docs/decisions.md, sessions 8 and 9).
+# stray background pixels: docs/decisions.md, sessions 8 to 10).
 CPU_RECIPE = dataclasses.replace(
-    GPU_RECIPE, device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, steps=10000, epochs=None,
-    sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250, log_every=10, workers=2,
-    mse_weighting="truncated-snr", cfg_scale=5.0, guidance_min_t=200, sample_variance="posterior")
+    GPU_RECIPE, device="cpu", preset="tiny", batch_size=32, lr=3e-3, warmup_steps=100, lr_decay_fraction=0.3,
+    steps=10000, epochs=None, sample_steps=100, sample_every=2000, sample_num=20, ckpt_every=250, log_every=10,
+    workers=2, mse_weighting="truncated-snr", max_mse_weight=5.0, cfg_scale=5.0, guidance_min_t=200,
+    sample_variance="posterior")
 RECIPES = {"gpu": GPU_RECIPE, "cpu": CPU_RECIPE}
 
 # what a resumed run must share with its checkpoint: the model's shape, the data and the diffusion
