@@ -104,7 +104,8 @@ def test_a_run_writes_config_log_checkpoint_and_pictures(reference):
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "tiny" and config["batch_size"] == 4 and config["steps"] == STEPS
     assert config["workers"] == 2  # the CPU default: two processes share each batch
-    assert config["mse_weighting"] == "truncated-snr" and config["max_mse_weight"] == 10.0 and config["cfg_scale"] == 5.0
+    assert config["mse_weighting"] == "truncated-snr" and config["max_mse_weight"] == 5.0 and config["cfg_scale"] == 5.0
+    assert config["lr_decay_fraction"] == 0.3  # the CPU recipe's cooldown
     assert config["ema"] == 0.9 and config["seed"] == 3 and config["dataset"] == "mnist"
     assert config["guidance_min_t"] == 200 and config["sample_variance"] == "posterior"  # the CPU recipe's grids
     records = log_records(out)
