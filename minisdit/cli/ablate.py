@@ -14,7 +14,8 @@ grid side by side) and losses.png (every loss curve).
 Run the same command again after a kill (or with more variants, or a larger budget): finished
 variants are not retrained, a half-trained one resumes from its checkpoint, finished evaluations
 are reused.  The training options (--preset, --lr, ...) are those of ``python -m minisdit.train``,
-with its recipe for the device as the defaults.  Errors are one line on stderr and a non-zero exit.
+with its recipe for the device as the defaults, except that the learning rate stays constant after its
+warm-up unless --lr-decay-fraction is given.  Errors are one line on stderr and a non-zero exit.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def build_parser():
     options.add_argument("--seed", type=int, default=None)
     options.add_argument("--batch-size", type=int, default=None)
     for name in ("lr", "weight_decay", "lr_decay_fraction", "grad_clip", "ema", "max_mse_weight"):
-        options.add_argument("--" + name.replace("_", "-"), type=float, default=None)
+        options.add_argument("--" + name.replace("_", "-"), type=float, default=None)  # --lr-decay-fraction: default 0
     for name in ("warmup_steps", "workers", "num_train", "ckpt_every", "log_every", "sample_num"):
         options.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     options.add_argument("--mse-weighting", choices=MSE_WEIGHTINGS, default=None)
@@ -130,11 +131,10 @@ def run(args) -> int:
     base = train.resolve_config(args, device)
     base = dataclasses.replace(base, steps=args.steps if args.steps is not None else MINUTES_STEP_CAP, epochs=None,
                                sample_every=NO_GRIDS)
-    if args.steps is None and base.lr_decay_fraction:
-        # a --minutes budget has no last fraction of steps to decay over (check_arguments refuses the
-        # flag): the recipe's cooldown (0.3 on CPU) is left out and the rate stays constant
-        print(f"--minutes without --steps: the recipe's learning-rate decay over the last {base.lr_decay_fraction:g} of "
-              "the steps is off (add --steps N to keep it)", flush=True)
+    if args.lr_decay_fraction is None:
+        # a constant rate unless asked: a larger budget then trains a finished variant further exactly as a
+        # fresh run with that budget (a decay over the last fraction would move with the budget), and a
+        # --minutes budget has no last steps to decay over; the CPU recipe's cooldown is for one fixed run
         base = dataclasses.replace(base, lr_decay_fraction=0.0)
     if device == "gpu" and args.cfg_scale is None:
         base = dataclasses.replace(base, cfg_scale=GPU_CFG_SCALE)

@@ -188,18 +188,21 @@ def test_a_minutes_budget_counts_the_seconds_trained_across_sessions(tmp_path):
     assert (code, what) == (0, "resumed") and done["step"] < more["step"] < 1000 and more["seconds"] >= 12
 
 
-def test_a_minutes_budget_without_steps_leaves_the_recipes_cooldown_out(finished, tmp_path):
-    """The CPU recipe decays the rate over its last 30 % of steps; a --minutes budget has no last steps, so
-    the ablation trains at a constant rate and says so, while a --steps budget keeps the recipe's decay."""
+def test_the_rate_stays_constant_unless_a_decay_is_asked_for(finished, tmp_path):
+    """The CPU recipe decays the rate over its last 30 % of steps, which would move with the budget; an
+    ablation trains at a constant rate (a larger --steps then extends a finished variant exactly, and a
+    --minutes budget has no last steps), and decays only with --lr-decay-fraction."""
     assert CPU_RECIPE.lr_decay_fraction == 0.3
-    assert json.loads((finished[0] / "default" / "config.json").read_text())["lr_decay_fraction"] == 0.3
-    out = tmp_path / "out"
-    no_steps = FAST[2:]  # FAST without "--steps 2"
-    code, stdout, stderr = run_cli(*no_steps, "--minutes", "0.0001", "--variants", "default", "--out", out)
+    assert json.loads((finished[0] / "default" / "config.json").read_text())["lr_decay_fraction"] == 0.0
+    out = tmp_path / "minutes"
+    code, _, stderr = run_cli(*FAST[2:], "--minutes", "0.0001", "--variants", "default", "--out", out)  # no --steps
     assert code == 0, stderr
-    assert "--minutes without --steps: the recipe's learning-rate decay over the last 0.3 of the steps is off" in stdout
     config = json.loads((out / "default" / "config.json").read_text())
     assert config["lr_decay_fraction"] == 0.0 and config["steps"] == ablate.MINUTES_STEP_CAP
+    out = tmp_path / "decay"
+    code, _, stderr = run_cli(*FAST, "--lr-decay-fraction", "0.5", "--variants", "default", "--out", out)
+    assert code == 0, stderr
+    assert json.loads((out / "default" / "config.json").read_text())["lr_decay_fraction"] == 0.5
 
 
 def test_options_that_change_a_finished_variant_are_one_line(finished, tmp_path):
