@@ -82,7 +82,7 @@ def build_parser():
     options.add_argument("--seed", type=int, default=None)
     options.add_argument("--batch-size", type=int, default=None)
     for name in ("lr", "weight_decay", "lr_decay_fraction", "grad_clip", "ema", "max_mse_weight"):
-        options.add_argument("--" + name.replace("_", "-"), type=float, default=None)  # --lr-decay-fraction: default 0
+        options.add_argument("--" + name.replace("_", "-"), type=float, default=None)
     for name in ("warmup_steps", "workers", "num_train", "ckpt_every", "log_every", "sample_num"):
         options.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     options.add_argument("--mse-weighting", choices=MSE_WEIGHTINGS, default=None)

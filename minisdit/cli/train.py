@@ -34,7 +34,7 @@ from ..data import dataset_spec
 from ..diffusion import VARIANCES
 from ..models import PRESETS
 from ..training.checkpoint import CheckpointError, check_compatible, load_checkpoint
-from ..training.config import (ATTENTIONS, CPU_RECIPE, FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES,
+from ..training.config import (ATTENTIONS, FIXED_ON_RESUME, MAX_MSE_WEIGHT, MSE_WEIGHTINGS, NUM_TIMESTEPS, RECIPES,
                                VARIANT_FIELDS, TrainConfig, check_variant, variant_flags)
 from ..training.distributed import BACKENDS, DistributedError, choose_backend, make_communicator
 from ..training.trainer import CHECKPOINT_NAME, Trainer, TrainingError
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps (default: 0 on GPU, as the authors; 100 on CPU)")
     parser.add_argument("--lr-decay-fraction", type=float, default=None,
                         help="decay the learning rate linearly to 0 over this last fraction of the steps (default: 0 on GPU, "
-                             "constant after warm-up as the authors; 0.3 on CPU)")
+                             f"constant after warm-up as the authors; {RECIPES['cpu'].lr_decay_fraction:g} on CPU)")
     parser.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm (default 0: off, as the authors)")
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs (ignored when --steps is given)")
     parser.add_argument("--steps", type=int, default=None, help="train this many optimizer steps in all")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "truncated-snr, max(1, 1/SNR_t) capped at --max-mse-weight (default on CPU: a small model "
                              "learns the digits' shapes and classes sooner; docs/decisions.md)")
     parser.add_argument("--max-mse-weight", type=float, default=None,
-                        help=f"cap of the truncated-snr weights (default: {CPU_RECIPE.max_mse_weight:g} on CPU, else {MAX_MSE_WEIGHT:g})")
+                        help=f"cap of the truncated-snr weights (default: {RECIPES['cpu'].max_mse_weight:g} on CPU, else {MAX_MSE_WEIGHT:g})")
     parser.add_argument("--workers", type=int, default=None,
                         help="CPU processes that share each batch (default 2 on CPU; 1 on GPU, where it does not apply); "
                              "a run is reproducible for a given number of workers")
