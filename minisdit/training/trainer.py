@@ -524,7 +524,8 @@ class Trainer:
                     if self.step % config.ckpt_every == 0:
                         self.read_record(record)  # no checkpoint after an unchecked loss
                         self.save()
-                if self.step % config.sample_every == 0 and self.is_main:
+                # the last step's grid is samples_final.png, drawn once after the final save
+                if self.step % config.sample_every == 0 and self.step < self.total_steps and self.is_main:
                     with throughput.paused():
                         self.sample_grid(f"samples_step{self.step:07d}.png")
                         self.plot_losses()

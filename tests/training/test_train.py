@@ -126,7 +126,7 @@ def test_a_run_writes_config_log_checkpoint_and_pictures(reference):
     assert checkpoint["rng_states"]["seed"] == 3 and checkpoint["rng_states"]["next_step"] == STEPS
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.safetensors", "config.json", "log.jsonl", "loss.png", "samples_final.png",
-        "samples_step0000002.png", "samples_step0000004.png"]
+        "samples_step0000002.png"]  # the last step's grid is samples_final.png alone
     assert_bitwise_equal_checkpoints(out / "checkpoint.safetensors", reference[2](STEPS))
 
 
